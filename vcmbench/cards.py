@@ -1,0 +1,227 @@
+"""Declarative YAML cards for codecs, tasks and datasets.
+
+A card names its adapter, its settings and a version. Built-in cards live in the
+top-level ``codecs/``, ``tasks/`` and ``datasets/`` folders of the repository;
+users add folders of their own with ``--cards DIR`` (each may hold ``codecs/``,
+``tasks/`` and ``datasets/`` sub-folders, or cards with an explicit ``kind:``).
+
+A broken card is always a loud error naming the file: cards are never skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .registry import REGISTRIES, did_you_mean
+
+KINDS = ("codec", "task", "dataset")
+FOLDERS = {"codec": "codecs", "task": "tasks", "dataset": "datasets"}
+ALLOWED_KEYS = {
+    "codec": {"name", "kind", "adapter", "version", "description", "qualities", "settings"},
+    "task": {"name", "kind", "adapter", "version", "description", "settings"},
+    "dataset": {"name", "kind", "adapter", "version", "description", "settings"},
+}
+
+
+class CardError(ValueError):
+    """A card that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Card:
+    kind: str
+    name: str
+    adapter: str
+    version: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    qualities: tuple[Any, ...] = ()
+    description: str = ""
+    path: Path | None = None
+
+    def digest(self) -> str:
+        """Stable hash of what the card says (not where it lives)."""
+        return stable_hash(
+            {"kind": self.kind, "adapter": self.adapter, "version": self.version, "settings": dict(self.settings)}
+        )
+
+    def with_settings(self, **overrides: Any) -> Card:
+        merged = dict(self.settings)
+        merged.update(overrides)
+        return replace(self, settings=merged)
+
+    def adapter_class(self) -> type:
+        """Import and return the adapter class (this is where heavy imports may happen)."""
+        from .registry import import_string
+
+        if ":" in self.adapter:
+            return import_string(self.adapter)  # type: ignore[return-value]
+        return REGISTRIES[self.kind].get(self.adapter)
+
+    def build(self) -> Any:
+        """Instantiate the adapter through its ``from_card`` classmethod."""
+        cls = self.adapter_class()
+        return cls.from_card(self)
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """Hex sha256 prefix of a canonical JSON encoding."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def builtin_cards_root() -> Path:
+    """The repository root that holds the built-in ``codecs/``, ``tasks/``, ``datasets/`` folders."""
+    env = os.environ.get("VCMBENCH_CARDS_ROOT")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent
+
+
+def _expand(value: Any) -> Any:
+    """Expand ``${VAR}`` / ``${VAR:-default}`` and ``~`` in string settings."""
+    if isinstance(value, str):
+        return os.path.expanduser(os.path.expandvars(_expand_defaults(value)))
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def _expand_defaults(text: str) -> str:
+    # os.path.expandvars has no ${VAR:-default}; handle that form first.
+    out, i = [], 0
+    while i < len(text):
+        j = text.find("${", i)
+        if j < 0:
+            out.append(text[i:])
+            break
+        k = text.find("}", j)
+        if k < 0:
+            out.append(text[i:])
+            break
+        out.append(text[i:j])
+        body = text[j + 2 : k]
+        if ":-" in body:
+            var, default = body.split(":-", 1)
+            out.append(os.environ.get(var) or default)
+        else:
+            out.append(text[j : k + 1])
+        i = k + 1
+    return "".join(out)
+
+
+def load_card(path: Path, kind: str | None = None) -> Card:
+    """Read and validate one card file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CardError(f"{path}: not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise CardError(f"{path}: cannot read card: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise CardError(f"{path}: a card must be a YAML mapping, got {type(raw).__name__}")
+    kind = raw.get("kind", kind)
+    if kind not in KINDS:
+        raise CardError(f"{path}: unknown card kind {kind!r}; put it under codecs/, tasks/ or datasets/ or set kind:")
+    unknown = set(raw) - ALLOWED_KEYS[kind]
+    if unknown:
+        raise CardError(
+            f"{path}: unknown key(s) {sorted(unknown)} in {kind} card; allowed: {sorted(ALLOWED_KEYS[kind])}"
+            " (adapter options go under settings:)"
+        )
+    for key in ("adapter", "version"):
+        if key not in raw:
+            raise CardError(f"{path}: missing required key {key!r}")
+    name = str(raw.get("name", path.stem))
+    adapter = str(raw["adapter"])
+    if ":" not in adapter and adapter not in REGISTRIES[kind]:
+        raise CardError(
+            f"{path}: unknown {kind} adapter {adapter!r}{did_you_mean(adapter, REGISTRIES[kind].names())}; "
+            f"known: {', '.join(REGISTRIES[kind].names())}, or give 'package.module:Class'"
+        )
+    settings = raw.get("settings") or {}
+    if not isinstance(settings, dict):
+        raise CardError(f"{path}: settings: must be a mapping")
+    qualities: tuple[Any, ...] = ()
+    if kind == "codec":
+        q = raw.get("qualities", [])
+        if not isinstance(q, list):
+            raise CardError(f"{path}: qualities: must be a list (the default quality ladder)")
+        qualities = tuple(q)
+        if adapter != "none" and not qualities:
+            raise CardError(f"{path}: a codec card needs a non-empty qualities: ladder")
+    return Card(
+        kind=kind,
+        name=name,
+        adapter=adapter,
+        version=str(raw["version"]),
+        settings=_expand(settings),
+        qualities=qualities,
+        description=str(raw.get("description", "")).strip(),
+        path=path,
+    )
+
+
+class CardSet:
+    """All cards visible to a run: built-ins plus any ``--cards`` folders."""
+
+    def __init__(self, extra_dirs: Iterable[Path] = ()) -> None:
+        self.cards: dict[str, dict[str, Card]] = {k: {} for k in KINDS}
+        roots = [builtin_cards_root(), *[Path(d) for d in extra_dirs]]
+        for root in roots:
+            if not root.exists():
+                raise CardError(f"cards folder {root} does not exist")
+            self._load_root(root)
+
+    def _load_root(self, root: Path) -> None:
+        found_sub = False
+        for kind in KINDS:
+            folder = root / FOLDERS[kind]
+            if folder.is_dir():
+                found_sub = True
+                for path in sorted(folder.glob("*.y*ml")):
+                    self._add(load_card(path, kind))
+        if not found_sub:  # a flat folder of cards with explicit kind:
+            for path in sorted(root.glob("*.y*ml")):
+                self._add(load_card(path, None))
+
+    def _add(self, card: Card) -> None:
+        existing = self.cards[card.kind].get(card.name)
+        if existing is not None:
+            raise CardError(
+                f"duplicate {card.kind} card name {card.name!r}: {existing.path} and {card.path}; rename one"
+            )
+        self.cards[card.kind][card.name] = card
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.cards[kind])
+
+    def get(self, kind: str, name: str) -> Card:
+        try:
+            return self.cards[kind][name]
+        except KeyError:
+            raise CardError(
+                f"unknown {kind} {name!r}{did_you_mean(name, self.names(kind))}; "
+                f"available: {', '.join(self.names(kind))} (see `vcmbench ls`)"
+            ) from None
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Parse ``--set card.key=value`` pairs (value parsed as YAML) into {card: {key: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        if "=" not in pair or "." not in pair.split("=", 1)[0]:
+            raise CardError(f"--set {pair!r}: expected CARD.KEY=VALUE, e.g. --set yolov5.weights=/path/yolov5n.pt")
+        key, value = pair.split("=", 1)
+        card, setting = key.split(".", 1)
+        out.setdefault(card, {})[setting] = _expand(yaml.safe_load(value)) if value else None
+    return out

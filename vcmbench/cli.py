@@ -1,0 +1,315 @@
+"""``vcmbench`` command line: run, ls, validate, plot, report, compare, export.
+
+Exit codes: 0 success; 1 the run finished with failed items or ``compare`` found
+a regression (finished results are kept either way); 2 a usage or configuration
+error found before any work (unknown name, bad card, wrong dataset layout,
+missing weights or binaries); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .cards import KINDS, CardError, CardSet, parse_overrides
+
+EPILOG = """examples:
+  vcmbench run --codec jpeg,vvenc --task yolov5 --dataset coco --data-root ~/data/coco
+  vcmbench run --codec vvenc --quality 22,32,42 --set vvenc.preset=faster --limit 50
+  vcmbench plot                      # RD curves of the latest run in results/
+  vcmbench report --anchor vvenc     # BD-rate table against VVenC
+  vcmbench compare results/baselines/ci.csv results --fail bd_rate:+1.0 --fail map:-0.01
+"""
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _parse_qualities(values: Sequence[str]) -> dict[str, list[Any]]:
+    """``--quality 5,10`` (every codec) or ``--quality jpeg=5,10`` (one codec); repeatable."""
+    out: dict[str, list[Any]] = {}
+    for v in values:
+        codec, _, ladder = v.rpartition("=")
+        qs: list[Any] = []
+        for q in _csv(ladder):
+            try:
+                qs.append(int(q) if q.lstrip("+-").isdigit() else float(q))
+            except ValueError:
+                raise CardError(f"--quality {v!r}: {q!r} is not a number") from None
+        if not qs:
+            raise CardError(f"--quality {v!r}: no values")
+        out[codec or "*"] = qs
+    return out
+
+
+def _parse_roots(values: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if sep and not Path(v).exists() and "/" not in name:
+            out[name] = path
+        else:
+            out["*"] = v
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vcmbench",
+        description="Benchmark image/video codecs by the accuracy vision models keep on their decoded output.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"vcmbench {__import__('vcmbench').__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a codec x quality x task x dataset grid (resumable)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    r.add_argument("--codec", type=_csv, default=None, help="codec card names, comma separated [jpeg,vvenc]")
+    r.add_argument("--task", type=_csv, default=None, help="task card names, comma separated [yolov5]")
+    r.add_argument("--dataset", type=_csv, default=None, help="dataset card names, comma separated [coco]")
+    r.add_argument("--quality", action="append", default=[], metavar="[CODEC=]Q1,Q2",
+                   help="override the quality ladder of every codec or of one (repeatable)")
+    r.add_argument("--data-root", action="append", default=[], metavar="[DATASET=]DIR",
+                   help="dataset root folder (repeatable, DATASET= to pick one)")
+    r.add_argument("--limit", type=int, default=None, help="use the first N items (sorted by id)")
+    r.add_argument("--ids", type=_csv, default=None, help="use only these item ids (comma separated)")
+    r.add_argument("--exclude", type=_csv, default=[], help="leave out these item ids")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="CARD.KEY=VALUE",
+                   help="override a card setting, e.g. --set yolov5.weights=/w/yolov5n.pt (repeatable)")
+    r.add_argument("--cards", action="append", default=[], metavar="DIR", help="extra card folder (repeatable)")
+    r.add_argument("--out", default="results", help="output folder: database, bitstream cache, run tables")
+    r.add_argument("--workers", type=int, default=None, help="parallel encodes/decodes [all cores]")
+    r.add_argument("--batch-size", type=int, default=None, help="images per inference batch [task card]")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ls = sub.add_parser("ls", help="list codec, task and dataset cards with their settings (imports no models)")
+    ls.add_argument("kind", nargs="?", choices=["codecs", "tasks", "datasets"], help="only this kind")
+    ls.add_argument("--cards", action="append", default=[], metavar="DIR")
+
+    v = sub.add_parser("validate", help="load every card and check its adapter imports and its settings fit")
+    v.add_argument("--cards", action="append", default=[], metavar="DIR")
+
+    def source_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("source", nargs="?", default="results",
+                        help="results.csv, a run folder, or an output folder (its latest run)")  # fmt: skip
+        sp.add_argument("--run", default=None, help="run id inside an output folder [latest]")
+
+    pl = sub.add_parser("plot", help="draw accuracy-vs-bpp RD curves (PNG and SVG)")
+    source_args(pl)
+    pl.add_argument("--metric", type=_csv, default=None, help="only these metrics")
+    pl.add_argument("--logx", action="store_true", help="logarithmic bpp axis")
+    pl.add_argument("--out-dir", default=None, help="where to write [<run folder>/plots]")
+
+    rp = sub.add_parser("report", help="print and write the RD points and a BD-rate table against an anchor")
+    source_args(rp)
+    rp.add_argument("--anchor", default=None, help="anchor codec [vtm, else vvenc, else the first codec]")
+    rp.add_argument("--method", choices=["pchip", "cubic", "akima"], default="pchip",
+                    help="interpolation: pchip (JVET CTC), cubic (VCEG-M33), akima")  # fmt: skip
+    rp.add_argument("--metric", type=_csv, default=None, help="only these metrics")
+
+    c = sub.add_parser("compare", help="fail (exit 1) when NEW regresses against BASELINE")
+    c.add_argument("baseline", help="baseline results.csv / run folder / output folder")
+    c.add_argument("new", help="new results.csv / run folder / output folder")
+    c.add_argument("--fail", action="append", default=[], metavar="RULE",
+                   help="bd_rate:+1.0 (max BD-rate increase, %%), <metric>:-0.01 (max drop), bpp:+2 (max %% increase)")
+    c.add_argument("--method", choices=["pchip", "cubic", "akima"], default="pchip")
+
+    e = sub.add_parser("export", help="export a run's tables (RD points and per-image rows) to CSV or Parquet")
+    source_args(e)
+    e.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    e.add_argument("--dest", default=None, help="output folder [the run folder]")
+    return p
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    import yaml
+
+    cards = CardSet([Path(d) for d in args.cards])
+    kinds = [args.kind[:-1]] if args.kind else list(KINDS)
+    for kind in kinds:
+        print(f"{kind}s:")
+        for name in cards.names(kind):
+            card = cards.get(kind, name)
+            line = f"  {name:<14} adapter={card.adapter} v{card.version}"
+            if card.qualities:
+                line += f"  qualities={list(card.qualities)}"
+            print(line)
+            if card.description:
+                print(f"      {card.description}")
+            if card.settings:
+                text = yaml.safe_dump(dict(card.settings), default_flow_style=True, width=10_000).strip()
+                print(f"      settings: {text}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cards = CardSet([Path(d) for d in args.cards])
+    bad = 0
+    for kind in KINDS:
+        for name in cards.names(kind):
+            card = cards.get(kind, name)
+            try:
+                card.adapter_class()
+                card.build()
+                print(f"ok    {kind:<8} {name}")
+            except Exception as exc:  # report every broken card, not just the first
+                bad += 1
+                print(f"ERROR {kind:<8} {name} ({card.path}): {exc}")
+    return 1 if bad else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import RunConfig, run
+
+    cfg = RunConfig(
+        qualities=_parse_qualities(args.quality),
+        data_roots=_parse_roots(args.data_root),
+        limit=args.limit,
+        ids=args.ids,
+        exclude=args.exclude,
+        overrides=parse_overrides(args.overrides),
+        cards_dirs=args.cards,
+        out=args.out,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    if args.codec:
+        cfg.codecs = args.codec
+    if args.task:
+        cfg.tasks = args.task
+    if args.dataset:
+        cfg.datasets = args.dataset
+    report = run(cfg)
+    if report.status == "interrupted":
+        return 130
+    import pandas as pd
+
+    from .report.tables import format_table, points_table
+
+    from .report import headline
+
+    if report.rows:
+        print(format_table(points_table(headline(pd.DataFrame(report.rows)))))
+    w = report.work
+    print(f"\nrun {report.run_id}: {w['encodes']} encodes, {w['decodes']} decodes, {w['inferences']} inferences, "
+          f"{w['evaluations']} evaluations performed; tables in {report.run_dir}")  # fmt: skip
+    if report.failures:
+        print(f"\n{len(report.failures)} item(s) failed (every other result is stored; rerun the same command "
+              "to retry them):", file=sys.stderr)  # fmt: skip
+        for f in report.failures[:20]:
+            first = f.error.splitlines()[0] if f.error else ""
+            print(f"  [{f.stage}] {f.unit} item {f.item}: {first}", file=sys.stderr)
+        if len(report.failures) > 20:
+            print(f"  ... and {len(report.failures) - 20} more (see run.json)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .report import headline, load_results, resolve_run_dir, with_psnr_rows
+    from .report.plot import plot_rd
+
+    df = headline(with_psnr_rows(load_results(args.source, args.run)), args.metric)
+    out = Path(args.out_dir) if args.out_dir else resolve_run_dir(args.source, args.run) / "plots"
+    files = plot_rd(df, out, logx=args.logx)
+    for f in files:
+        print(f)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import headline, load_results, resolve_run_dir, with_psnr_rows
+    from .report.tables import bd_table, format_table, markdown_table, points_table
+
+    df = load_results(args.source, args.run)
+    run_dir = resolve_run_dir(args.source, args.run)
+    points = points_table(headline(df, args.metric))
+    bd, anchor = bd_table(headline(with_psnr_rows(df), args.metric), anchor=args.anchor, method=args.method)
+    print("RD points:")
+    print(format_table(points))
+    print(f"\nBD-rate against {anchor} ({args.method}; negative = fewer bits for the same accuracy):")
+    shown = bd.drop(columns=["warnings"])
+    print(format_table(shown, "{:.3f}"))
+    warnings = [f"{r.codec} {r.metric}: {w}" for r in bd.itertuples() for w in str(r.warnings).split(" | ") if w]
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    bd.to_csv(run_dir / "bd_rate.csv", index=False)
+    (run_dir / "report.md").write_text(
+        f"# RD points\n\n{markdown_table(points)}\n\n# BD-rate against {anchor} ({args.method})\n\n"
+        f"{markdown_table(bd, '{:.3f}')}\n"
+    )
+    print(f"\nwritten: {run_dir / 'bd_rate.csv'}, {run_dir / 'report.md'}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import load_results
+    from .report.compare import Rule, compare
+
+    rules = [Rule.parse(t) for t in args.fail]
+    if not rules:
+        print("note: no --fail rule given; showing the differences only", file=sys.stderr)
+    result = compare(load_results(args.baseline), load_results(args.new), rules, method=args.method)
+    print(result.render())
+    return 1 if result.failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .report import resolve_run_dir
+    from .store import Store
+
+    run_dir = resolve_run_dir(args.source, args.run)
+    dest = Path(args.dest) if args.dest else run_dir
+    dest.mkdir(parents=True, exist_ok=True)
+    root = run_dir.parent.parent
+    store = Store(root)
+    try:
+        tidy = pd.DataFrame(store.tidy_rows(run_dir.name))
+        items = pd.DataFrame(store.per_item_rows(run_dir.name))
+    finally:
+        store.close()
+    for name, df in (("results", tidy), ("items", items)):
+        path = dest / f"{name}.{args.format}"
+        if args.format == "csv":
+            df.to_csv(path, index=False)
+        else:
+            df.to_parquet(path, index=False)
+        print(path)
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "plot": cmd_plot, "report": cmd_report,
+    "compare": cmd_compare, "export": cmd_export,
+}  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import VcmbenchError
+    from .registry import RegistryError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except (VcmbenchError, CardError, RegistryError) as exc:
+        print(f"vcmbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Codec adapters (see :mod:`vcmbench.codecs.base` for the contract)."""

@@ -1,0 +1,179 @@
+"""Codec contract: ``encode(image, quality) -> Bitstream`` and ``decode(Bitstream) -> image``.
+
+The layering follows CompressAI's ``utils/bench/codecs.py``: a tiny abstract
+:class:`Codec`, one middle layer for in-process codecs and one for external
+binaries (:class:`ExternalCodec`), whose subclasses only build command lines.
+
+Rate is always ``8 * len(bitstream.data) / pixels`` of the bytes the encoder
+actually wrote. The only side information kept outside ``data`` is the original
+image size (needed to crop padding, exactly as the MPEG VCM anchor scripts do);
+it is a few bytes and is not counted, which is the convention of those anchors.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..cards import Card, stable_hash
+from ..errors import CodecError, QualityError
+
+
+@dataclass(frozen=True)
+class Bitstream:
+    """Bytes written by an encoder plus the picture size needed to crop them back."""
+
+    data: bytes
+    width: int
+    height: int
+    frames: int = 1
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height * self.frames
+
+    @property
+    def bpp(self) -> float:
+        return 8.0 * len(self.data) / self.pixels
+
+
+class Codec(ABC):
+    """Base of every codec adapter.
+
+    Subclasses set ``quality_range`` (inclusive) and ``quality_name`` and keep a
+    plain typed ``__init__``; :meth:`from_card` maps a card to those arguments.
+    """
+
+    #: inclusive range of valid quality values
+    quality_range: ClassVar[tuple[float, float]] = (0, 100)
+    #: what "quality" means for this codec, used in messages and plots
+    quality_name: ClassVar[str] = "quality"
+    #: quality values must be integers
+    integer_quality: ClassVar[bool] = True
+    #: settings that say *where* something is (binaries, folders), not *what* is computed;
+    #: they stay out of the cache key
+    location_settings: ClassVar[tuple[str, ...]] = ()
+    #: True for codecs that spawn external processes (run many at once, one thread each)
+    external: ClassVar[bool] = False
+
+    name: str = "codec"
+    card_digest: str = ""
+    card_settings: Mapping[str, Any] = {}
+
+    @classmethod
+    def from_card(cls, card: Card) -> Codec:
+        try:
+            codec = cls(**dict(card.settings))
+        except TypeError as exc:
+            raise CodecError(f"{card.path}: bad settings for codec {card.name!r}: {exc}") from exc
+        codec.name = card.name
+        codec.card_settings = dict(card.settings)
+        return codec
+
+    def version(self) -> str:
+        """Version of the implementation (library or binary); enters the cache key."""
+        return "1"
+
+    def identity(self) -> str:
+        """Hash of everything that determines the bitstream except quality and input."""
+        settings = {k: v for k, v in self.card_settings.items() if k not in self.location_settings}
+        return stable_hash({"class": type(self).__qualname__, "settings": settings, "version": self.version()})
+
+    def validate_quality(self, quality: Any) -> float | int:
+        lo, hi = self.quality_range
+        try:
+            q = float(quality)
+        except (TypeError, ValueError):
+            raise QualityError(f"{self.name}: {self.quality_name} {quality!r} is not a number") from None
+        if self.integer_quality:
+            if q != int(q):
+                raise QualityError(f"{self.name}: {self.quality_name} must be an integer, got {quality!r}")
+            q = int(q)
+        if not lo <= q <= hi:
+            raise QualityError(
+                f"{self.name}: {self.quality_name} {quality!r} is outside the allowed range "
+                f"{lo:g}..{hi:g}; pick values in that range (card ladder: --quality or qualities:)"
+            )
+        return q
+
+    @abstractmethod
+    def encode(self, image: np.ndarray, quality: Any) -> Bitstream:
+        """Encode an HxWx3 uint8 RGB image."""
+
+    @abstractmethod
+    def decode(self, bitstream: Bitstream) -> np.ndarray:
+        """Return the HxWx3 uint8 RGB reconstruction, cropped to the original size."""
+
+
+class Uncompressed(Codec):
+    """The reference point: the original pixels, no coding. Its rate is undefined (NaN)."""
+
+    quality_range = (0, 0)
+
+    def encode(self, image: np.ndarray, quality: Any = 0) -> Bitstream:
+        raise CodecError("the uncompressed reference point is never encoded")
+
+    def decode(self, bitstream: Bitstream) -> np.ndarray:
+        raise CodecError("the uncompressed reference point is never decoded")
+
+
+@dataclass
+class ProcessResult:
+    returncode: int
+    seconds: float
+    stderr: str
+
+
+def stderr_tail(text: str, lines: int = 15) -> str:
+    tail = [ln for ln in text.strip().splitlines() if ln.strip()][-lines:]
+    return "\n    ".join(tail) if tail else "(no output on stderr)"
+
+
+def run_process(cmd: Sequence[str], what: str, cwd: Path | None = None, timeout: float | None = None) -> ProcessResult:
+    """Run a child process; a non-zero exit (or a signal) is a :class:`CodecError` with its stderr tail."""
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [str(c) for c in cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout
+        )
+    except FileNotFoundError as exc:
+        raise CodecError(f"{what}: cannot start {cmd[0]!r}: {exc}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CodecError(f"{what}: {Path(str(cmd[0])).name} timed out after {timeout} s") from exc
+    seconds = time.perf_counter() - start
+    err = proc.stderr.decode(errors="replace") + "\n" + proc.stdout.decode(errors="replace")[-2000:]
+    if proc.returncode != 0:
+        how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with code {proc.returncode}"
+        raise CodecError(f"{what}: {Path(str(cmd[0])).name} {how}. stderr tail:\n    {stderr_tail(err)}")
+    return ProcessResult(proc.returncode, seconds, err)
+
+
+def read_output(path: Path, what: str, stderr: str = "") -> bytes:
+    """Read a file a child process should have written; missing or empty is an error, never a zero rate."""
+    if not path.exists():
+        raise CodecError(f"{what}: the child process exited 0 but wrote no file {path}. stderr tail:\n    {stderr_tail(stderr)}")
+    data = path.read_bytes()
+    if not data:
+        raise CodecError(f"{what}: the child process wrote an empty file {path}. stderr tail:\n    {stderr_tail(stderr)}")
+    return data
+
+
+def find_executable(candidates: Sequence[str | os.PathLike[str]]) -> Path | None:
+    for cand in candidates:
+        p = Path(cand)
+        if p.is_file() and os.access(p, os.X_OK):
+            return p
+    return None

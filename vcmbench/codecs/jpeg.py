@@ -1,0 +1,48 @@
+"""JPEG (ITU-T T.81 | ISO/IEC 10918-1) through Pillow's libjpeg, in process."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image, features
+
+from .base import Bitstream, Codec
+
+SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+
+
+class JpegCodec(Codec):
+    quality_range = (1, 100)
+    quality_name = "quality"
+
+    def __init__(self, subsampling: str = "4:2:0", optimize: bool = False, progressive: bool = False) -> None:
+        if subsampling not in SUBSAMPLING:
+            raise ValueError(f"jpeg: subsampling must be one of {sorted(SUBSAMPLING)}, got {subsampling!r}")
+        self.subsampling = subsampling
+        self.optimize = optimize
+        self.progressive = progressive
+
+    def version(self) -> str:
+        import PIL
+
+        return f"pillow-{PIL.__version__}/libjpeg-{features.version('jpg')}"
+
+    def encode(self, image: np.ndarray, quality: Any) -> Bitstream:
+        q = self.validate_quality(quality)
+        buf = io.BytesIO()
+        Image.fromarray(image, "RGB").save(
+            buf,
+            format="JPEG",
+            quality=q,
+            subsampling=SUBSAMPLING[self.subsampling],
+            optimize=self.optimize,
+            progressive=self.progressive,
+        )
+        h, w = image.shape[:2]
+        return Bitstream(buf.getvalue(), width=w, height=h)
+
+    def decode(self, bitstream: Bitstream) -> np.ndarray:
+        with Image.open(io.BytesIO(bitstream.data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)

@@ -1,0 +1,135 @@
+"""VVC with the JVET reference software VTM (EncoderApp / DecoderApp), all-intra.
+
+Bross et al., "Overview of the Versatile Video Coding (VVC) Standard and its
+Applications", IEEE TCSVT 2021; VTM from https://vcgit.hhi.fraunhofer.de/jvet/VVCSoftware_VTM.
+
+VTM is not packaged anywhere: users build it (cmake) and point the card's
+``vtm_dir`` (or ``$VCMBENCH_VTM_DIR``) at the source tree or its ``bin/`` folder,
+or give ``encoder``/``decoder``/``cfg`` paths one by one. VTM has no
+multithreading; the runner runs one encode per core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import BinaryNotFoundError
+from .base import find_executable
+from .external import YUVCodec
+
+ENCODER_NAMES = ("EncoderAppStatic", "EncoderApp")
+DECODER_NAMES = ("DecoderAppStatic", "DecoderApp")
+
+
+def _candidates(root: Path, names: tuple[str, ...]) -> list[Path]:
+    out = []
+    for folder in (root, root / "bin"):
+        out += [folder / n for n in names]
+    bin_dir = root / "bin"
+    if bin_dir.is_dir():  # bin/umake/gcc-x/x86_64/release/ layouts of older releases
+        for n in names:
+            out += sorted(bin_dir.glob(f"**/{n}"))
+    return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+class VTMCodec(YUVCodec):
+    quality_range = (0, 63)
+    quality_name = "QP"
+    bitstream_suffix = ".vvc"
+    location_settings = ("vtm_dir", "encoder", "decoder", "cfg")
+
+    def __init__(
+        self,
+        vtm_dir: str | None = None,
+        encoder: str | None = None,
+        decoder: str | None = None,
+        cfg: str | None = None,
+        cfg_name: str = "encoder_intra_vtm.cfg",
+        extra_args: list[str] | None = None,
+        matrix: str = "bt601",
+        full_range: bool = True,
+        bit_depth: int = 10,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(matrix=matrix, full_range=full_range, bit_depth=bit_depth)
+        self.vtm_dir = vtm_dir
+        self._encoder = encoder
+        self._decoder = decoder
+        self._cfg = cfg
+        self.cfg_name = cfg_name
+        self.extra_args = list(extra_args or [])
+        self.timeout = timeout
+
+    # ---- locating the binaries -----------------------------------------------------------------
+    def _root(self) -> Path | None:
+        d = self.vtm_dir or os.environ.get("VCMBENCH_VTM_DIR")
+        return Path(d).expanduser() if d else None
+
+    def _hint(self) -> str:
+        return (
+            "set `vtm_dir:` in codecs/vtm.yaml or VCMBENCH_VTM_DIR to the VTM source tree (with bin/ and cfg/), "
+            "or `encoder:`/`decoder:`/`cfg:` to the files; build VTM with "
+            "`cmake -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j`"
+        )
+
+    def _find(self, explicit: str | None, names: tuple[str, ...], what: str) -> Path:
+        if explicit:
+            p = Path(explicit).expanduser()
+            if not (p.is_file() and os.access(p, os.X_OK)):
+                raise BinaryNotFoundError(f"{self.name}: VTM {what} {p} not found or not executable; {self._hint()}")
+            return p
+        root = self._root()
+        if root is None:
+            raise BinaryNotFoundError(f"{self.name}: VTM {what} ({' or '.join(names)}) not configured; {self._hint()}")
+        found = find_executable(_candidates(root, names))
+        if found is None:
+            raise BinaryNotFoundError(
+                f"{self.name}: VTM {what} ({' or '.join(names)}) not found under {root} or {root / 'bin'}; "
+                f"{self._hint()}"
+            )
+        return found
+
+    @property
+    def encoder(self) -> Path:
+        return self._find(self._encoder, ENCODER_NAMES, "encoder")
+
+    @property
+    def decoder(self) -> Path:
+        return self._find(self._decoder, DECODER_NAMES, "decoder")
+
+    @property
+    def cfg(self) -> Path:
+        if self._cfg:
+            p = Path(self._cfg).expanduser()
+        else:
+            enc = self.encoder
+            root = self._root()
+            tries = ([root / "cfg"] if root else []) + [p / "cfg" for p in enc.parents]
+            p = next((t / self.cfg_name for t in tries if (t / self.cfg_name).is_file()), tries[0] / self.cfg_name)
+        if not p.is_file():
+            raise BinaryNotFoundError(f"{self.name}: VTM configuration {p} not found; {self._hint()}")
+        return p
+
+    def version(self) -> str:
+        """The exact encoder, decoder and cfg files (hashes): a rebuilt VTM is a new codec version."""
+        return f"vtm enc={_sha256(self.encoder)} dec={_sha256(self.decoder)} cfg={_sha256(self.cfg)}"
+
+    # ---- command lines -------------------------------------------------------------------------
+    def encode_command(self, src: Path, dst: Path, width: int, height: int, quality: Any) -> list[str]:
+        bd = self.fmt.bit_depth
+        return [
+            str(self.encoder), "-c", str(self.cfg), "-i", str(src), "-wdt", str(width), "-hgt", str(height),
+            "-fr", "1", "-f", "1", f"--InputBitDepth={bd}", f"--OutputBitDepth={bd}", f"--InternalBitDepth={bd}",
+            "--InputChromaFormat=420", "-q", str(quality), "-b", str(dst), "-o", "",
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def decode_command(self, src: Path, dst: Path, width: int, height: int) -> list[str]:
+        return [str(self.decoder), "-b", str(src), "-o", str(dst), "-d", str(self.fmt.bit_depth)]

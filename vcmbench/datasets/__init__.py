@@ -1,0 +1,1 @@
+"""Dataset adapters for the official layouts of each dataset."""

@@ -1,0 +1,108 @@
+"""Dataset contract: items with a stable id, a path and a content hash; layout checks."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from ..cards import Card, stable_hash
+from ..errors import DatasetLayoutError, ItemError
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image (or clip) of a dataset."""
+
+    id: str
+    path: Path
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_rgb(path: Path, item_id: str) -> np.ndarray:
+    """Decode an image file to HxWx3 uint8 RGB; a corrupt file is an :class:`ItemError` naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb = im.convert("RGB")
+    except FileNotFoundError:
+        raise ItemError(f"item {item_id}: image file {path} is missing; restore it or leave it out with --exclude {item_id}") from None
+    except Exception as exc:  # PIL raises several types for corrupt data
+        raise ItemError(
+            f"item {item_id}: cannot decode image {path} ({type(exc).__name__}: {exc}); the file is corrupt or "
+            f"truncated: replace it from the official archive or leave it out with --exclude {item_id}"
+        ) from None
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+class Dataset(ABC):
+    """Base of dataset adapters. ``check()`` validates the layout before any work starts."""
+
+    location_settings: ClassVar[tuple[str, ...]] = ("root",)
+    name: str = "dataset"
+    card_settings: Mapping[str, Any] = {}
+
+    @classmethod
+    def from_card(cls, card: Card) -> Dataset:
+        ds = cls(**dict(card.settings))
+        ds.name = card.name
+        ds.card_settings = dict(card.settings)
+        return ds
+
+    def identity(self) -> str:
+        settings = {k: v for k, v in self.card_settings.items() if k not in self.location_settings}
+        return stable_hash({"class": type(self).__qualname__, "settings": settings})
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise :class:`DatasetLayoutError` listing every missing path."""
+
+    @abstractmethod
+    def all_items(self) -> list[Item]:
+        """Every item, sorted by id."""
+
+    def items(
+        self, limit: int | None = None, ids: Sequence[str] | None = None, exclude: Sequence[str] = ()
+    ) -> list[Item]:
+        """The selected items: ``ids`` (in dataset order) or all, minus ``exclude``, then the first ``limit``."""
+        items = self.all_items()
+        known = {it.id for it in items}
+        for wanted in list(ids or []) + list(exclude):
+            if wanted not in known:
+                raise DatasetLayoutError(f"dataset {self.name}: no item with id {wanted!r} (ids look like {items[0].id!r})" if items else f"dataset {self.name} is empty")
+        if ids:
+            wanted_set = set(ids)
+            items = [it for it in items if it.id in wanted_set]
+        if exclude:
+            drop = set(exclude)
+            items = [it for it in items if it.id not in drop]
+        if limit is not None:
+            if limit < 1:
+                raise DatasetLayoutError(f"--limit must be at least 1, got {limit}")
+            items = items[:limit]
+        return items
+
+    def load_image(self, item: Item) -> np.ndarray:
+        return read_rgb(item.path, item.id)
+
+    @staticmethod
+    def missing_error(name: str, root: Path, missing: Sequence[Path], expected: str, fix: str) -> DatasetLayoutError:
+        lines = "\n  ".join(str(p) for p in missing)
+        return DatasetLayoutError(
+            f"dataset {name}: the layout at {root} is incomplete. Missing:\n  {lines}\n"
+            f"Expected layout:\n{expected}\nFix: {fix}"
+        )

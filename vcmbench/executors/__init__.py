@@ -1,0 +1,1 @@
+"""Executors run the independent pieces of a grid (encodes, decodes) in parallel."""

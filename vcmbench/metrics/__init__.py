@@ -1,0 +1,1 @@
+"""Metrics: COCO mAP (pycocotools) and Bjontegaard deltas."""

@@ -1,0 +1,101 @@
+"""Grid expansion: codec x quality x task x dataset -> small, hashable work units.
+
+A :class:`WorkUnit` is one RD point of one task on one dataset selection. Its
+key hashes the identities (card settings + implementation versions + weights)
+of the codec, task and dataset and the content hashes of the selected items,
+so the same work is recognised across runs, output folders and machines.
+Inside a unit, every image has its own encode key (shared by all tasks) and
+prediction key, which is what makes resume and caching per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .cards import stable_hash
+
+#: name of the uncompressed reference point added to every grid
+REFERENCE = "uncompressed"
+
+
+def quality_label(quality: Any) -> str | None:
+    return None if quality is None else str(quality)
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    dataset: str
+    task: str
+    codec: str
+    quality: int | float | None
+    dataset_id: str
+    task_id: str
+    codec_id: str
+    item_ids: tuple[str, ...]
+    item_shas: tuple[str, ...]
+
+    @property
+    def is_reference(self) -> bool:
+        return self.codec == REFERENCE
+
+    def encode_key(self, item_sha: str) -> str | None:
+        """Key of the bitstream of one item; independent of the task, so encodes are shared."""
+        if self.is_reference:
+            return None
+        return stable_hash({"codec": self.codec_id, "q": quality_label(self.quality), "item": item_sha}, n=32)
+
+    def prediction_key(self, item_sha: str) -> str:
+        src = self.encode_key(item_sha) or f"ref:{item_sha}"
+        return stable_hash({"task": self.task_id, "input": src}, n=32)
+
+    def prediction_keys(self) -> list[str]:
+        return [self.prediction_key(s) for s in self.item_shas]
+
+    @property
+    def key(self) -> str:
+        return stable_hash(
+            {
+                "dataset": self.dataset_id, "task": self.task_id, "codec": self.codec_id,
+                "q": quality_label(self.quality), "items": list(self.item_shas),
+            },
+            n=32,
+        )  # fmt: skip
+
+    def label(self) -> str:
+        q = "" if self.quality is None else f"@{self.quality}"
+        return f"{self.dataset}/{self.task}/{self.codec}{q}"
+
+
+@dataclass(frozen=True)
+class DatasetSelection:
+    name: str
+    identity: str
+    item_ids: tuple[str, ...]
+    item_shas: tuple[str, ...]
+
+
+def expand_grid(
+    datasets: Sequence[DatasetSelection],
+    tasks: Sequence[tuple[str, str]],
+    codecs: Sequence[tuple[str, str, Sequence[Any]]],
+    reference: bool = True,
+) -> list[WorkUnit]:
+    """Expand (dataset) x (task name, identity) x (codec name, identity, qualities) into units.
+
+    The uncompressed reference point comes first for each dataset x task. Duplicate
+    points (the same codec listed twice) are dropped.
+    """
+    units: list[WorkUnit] = []
+    seen: set[str] = set()
+    for ds in datasets:
+        for task, task_id in tasks:
+            points: list[tuple[str, str, Any]] = [(REFERENCE, REFERENCE, None)] if reference else []
+            points += [(name, cid, q) for name, cid, qs in codecs for q in qs]
+            for codec, codec_id, q in points:
+                unit = WorkUnit(ds.name, task, codec, q, ds.identity, task_id, codec_id, ds.item_ids, ds.item_shas)
+                if unit.key not in seen:
+                    seen.add(unit.key)
+                    units.append(unit)
+    return units

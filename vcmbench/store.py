@@ -1,0 +1,295 @@
+"""Results store: one SQLite database plus a content-addressed bitstream cache.
+
+Layout of an output root (``--out``, default ``results/``)::
+
+    vcmbench.db            encodes (per codec x quality x image), predictions (per task x
+                           codec x quality x image), evaluations (per work unit), runs
+    bitstreams/ab/abcd...  every bitstream once, named by the sha256 of its bytes
+    runs/<run_id>/         results.csv (tidy table) and run.json (provenance) of each run
+
+Every row is committed as soon as its work finishes, so a killed run loses at
+most the items in flight. Only the driver process writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, started REAL, finished REAL, status TEXT,
+    command TEXT, config TEXT, provenance TEXT
+);
+CREATE TABLE IF NOT EXISTS encodes (
+    key TEXT PRIMARY KEY, codec TEXT, codec_id TEXT, quality TEXT, item_id TEXT, item_sha TEXT,
+    status TEXT, error TEXT, blob TEXT, nbytes INTEGER, width INTEGER, height INTEGER, frames INTEGER,
+    meta TEXT, encode_s REAL, decode_s REAL, psnr REAL, run_id TEXT, updated REAL
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    key TEXT PRIMARY KEY, task TEXT, task_id TEXT, codec TEXT, quality TEXT, item_id TEXT, item_sha TEXT,
+    encode_key TEXT, status TEXT, error TEXT, infer_s REAL, preds TEXT, run_id TEXT, updated REAL
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    key TEXT PRIMARY KEY, dataset TEXT, dataset_id TEXT, task TEXT, task_id TEXT, codec TEXT, codec_id TEXT,
+    quality TEXT, n_items INTEGER, n_failed INTEGER, nbytes INTEGER, pixels INTEGER, bpp REAL, bpp_mean REAL,
+    psnr REAL, encode_s REAL, decode_s REAL, infer_s REAL, metrics TEXT, headline TEXT, failed_items TEXT, pred_keys TEXT,
+    run_id TEXT, updated REAL
+);
+CREATE TABLE IF NOT EXISTS run_units (
+    run_id TEXT, position INTEGER, eval_key TEXT, PRIMARY KEY (run_id, eval_key)
+);
+CREATE TABLE IF NOT EXISTS file_hashes (
+    path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha256 TEXT
+);
+"""
+
+TIDY_COLUMNS = [
+    "run_id", "dataset", "task", "codec", "quality", "metric", "headline", "value", "bpp", "bpp_mean", "psnr",
+    "n_items", "n_failed", "nbytes", "pixels", "encode_s", "decode_s", "infer_s",
+    "codec_id", "task_id", "dataset_id",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EncodeRecord:
+    key: str
+    status: str
+    error: str | None
+    blob: str | None
+    nbytes: int | None
+    width: int | None
+    height: int | None
+    frames: int | None
+    meta: dict[str, Any]
+    encode_s: float | None
+    decode_s: float | None
+    psnr: float | None
+
+
+class Store:
+    """The results database and bitstream cache of one output root."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.blob_dir = self.root / "bitstreams"
+        self.db_path = self.root / "vcmbench.db"
+        self.conn = sqlite3.connect(self.db_path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    # ---- bitstream cache -------------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        return self.blob_dir / digest[:2] / f"{digest}.bin"
+
+    def put_blob(self, data: bytes) -> str:
+        """Write bytes under their sha256 (atomically: temp file + rename); return the digest."""
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.blob_path(digest)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}.{time.monotonic_ns()}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        return digest
+
+    def get_blob(self, digest: str) -> bytes:
+        data = self.blob_path(digest).read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise OSError(f"bitstream cache entry {self.blob_path(digest)} is corrupt (hash mismatch); delete it")
+        return data
+
+    def has_blob(self, digest: str | None) -> bool:
+        return bool(digest) and self.blob_path(digest).exists()  # type: ignore[arg-type]
+
+    # ---- file hashes -------------------------------------------------------------------------
+    def file_sha256(self, path: Path) -> str:
+        """sha256 of a file, remembered by (path, size, mtime) so large datasets are hashed once."""
+        st = path.stat()
+        key = str(path.resolve())
+        row = self.conn.execute("SELECT size, mtime_ns, sha256 FROM file_hashes WHERE path=?", (key,)).fetchone()
+        if row and row["size"] == st.st_size and row["mtime_ns"] == st.st_mtime_ns:
+            return str(row["sha256"])
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        digest = h.hexdigest()
+        self.conn.execute(
+            "INSERT OR REPLACE INTO file_hashes VALUES (?,?,?,?)", (key, st.st_size, st.st_mtime_ns, digest)
+        )
+        return digest
+
+    # ---- encodes -----------------------------------------------------------------------------
+    def encode_records(self, keys: Iterable[str]) -> dict[str, EncodeRecord]:
+        out: dict[str, EncodeRecord] = {}
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"SELECT * FROM encodes WHERE key IN ({','.join('?' * len(chunk))})"
+            for r in self.conn.execute(q, chunk):
+                out[r["key"]] = EncodeRecord(
+                    key=r["key"], status=r["status"], error=r["error"], blob=r["blob"], nbytes=r["nbytes"],
+                    width=r["width"], height=r["height"], frames=r["frames"], meta=json.loads(r["meta"] or "{}"),
+                    encode_s=r["encode_s"], decode_s=r["decode_s"], psnr=r["psnr"],
+                )  # fmt: skip
+        return out
+
+    def put_encode(self, row: Mapping[str, Any]) -> None:
+        row = dict(row)
+        row.setdefault("meta", {})
+        row["meta"] = json.dumps(row["meta"])
+        row["updated"] = time.time()
+        cols = ",".join(row)
+        self.conn.execute(f"INSERT OR REPLACE INTO encodes ({cols}) VALUES ({','.join('?' * len(row))})", list(row.values()))
+
+    def set_decode_stats(self, key: str, decode_s: float, psnr: float | None) -> None:
+        self.conn.execute(
+            "UPDATE encodes SET decode_s=?, psnr=? WHERE key=? AND decode_s IS NULL", (decode_s, psnr, key)
+        )
+
+    # ---- predictions -------------------------------------------------------------------------
+    def prediction_status(self, keys: Iterable[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"SELECT key, status FROM predictions WHERE key IN ({','.join('?' * len(chunk))})"
+            out.update({r["key"]: r["status"] for r in self.conn.execute(q, chunk)})
+        return out
+
+    def predictions(self, keys: Iterable[str]) -> dict[str, sqlite3.Row]:
+        out: dict[str, sqlite3.Row] = {}
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"SELECT * FROM predictions WHERE key IN ({','.join('?' * len(chunk))})"
+            out.update({r["key"]: r for r in self.conn.execute(q, chunk)})
+        return out
+
+    def put_predictions(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        now = time.time()
+        with self.transaction() as conn:
+            for row in rows:
+                row = dict(row)
+                row["preds"] = json.dumps(row.get("preds"), separators=(",", ":"))
+                row["updated"] = now
+                cols = ",".join(row)
+                conn.execute(
+                    f"INSERT OR REPLACE INTO predictions ({cols}) VALUES ({','.join('?' * len(row))})",
+                    list(row.values()),
+                )
+
+    # ---- evaluations and runs ----------------------------------------------------------------
+    def evaluation(self, key: str) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM evaluations WHERE key=?", (key,)).fetchone()
+
+    def put_evaluation(self, row: Mapping[str, Any]) -> None:
+        row = dict(row)
+        row["metrics"] = json.dumps(row["metrics"])
+        row["headline"] = json.dumps(list(row.get("headline", [])))
+        row["failed_items"] = json.dumps(row.get("failed_items", []))
+        row["pred_keys"] = json.dumps(row.get("pred_keys", []))
+        row["updated"] = time.time()
+        cols = ",".join(row)
+        self.conn.execute(
+            f"INSERT OR REPLACE INTO evaluations ({cols}) VALUES ({','.join('?' * len(row))})", list(row.values())
+        )
+
+    def start_run(self, run_id: str, command: str, config: Mapping[str, Any], provenance: Mapping[str, Any]) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?)",
+            (run_id, time.time(), None, "running", command, json.dumps(config), json.dumps(provenance)),
+        )
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        self.conn.execute("UPDATE runs SET finished=?, status=? WHERE run_id=?", (time.time(), status, run_id))
+
+    def link_units(self, run_id: str, eval_keys: Iterable[str]) -> None:
+        with self.transaction() as conn:
+            for pos, key in enumerate(eval_keys):
+                conn.execute("INSERT OR REPLACE INTO run_units VALUES (?,?,?)", (run_id, pos, key))
+
+    def latest_run(self) -> str | None:
+        row = self.conn.execute("SELECT run_id FROM runs ORDER BY started DESC LIMIT 1").fetchone()
+        return row["run_id"] if row else None
+
+    def run_info(self, run_id: str) -> sqlite3.Row | None:
+        return self.conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+
+    def tidy_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's results, one row per (dataset, task, codec, quality, metric)."""
+        q = """SELECT e.* FROM run_units u JOIN evaluations e ON e.key = u.eval_key
+               WHERE u.run_id=? ORDER BY u.position"""
+        rows = []
+        for r in self.conn.execute(q, (run_id,)):
+            metrics = json.loads(r["metrics"])
+            headline = set(json.loads(r["headline"] or "[]"))
+            for metric, value in metrics.items():
+                rows.append(
+                    {
+                        "run_id": run_id, "dataset": r["dataset"], "task": r["task"], "codec": r["codec"],
+                        "quality": r["quality"], "metric": metric, "headline": metric in headline,
+                        "value": value, "bpp": r["bpp"],
+                        "bpp_mean": r["bpp_mean"], "psnr": r["psnr"], "n_items": r["n_items"],
+                        "n_failed": r["n_failed"], "nbytes": r["nbytes"], "pixels": r["pixels"],
+                        "encode_s": r["encode_s"], "decode_s": r["decode_s"], "infer_s": r["infer_s"],
+                        "codec_id": r["codec_id"], "task_id": r["task_id"], "dataset_id": r["dataset_id"],
+                    }
+                )  # fmt: skip
+        return rows
+
+    def per_item_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """Per-image rows (rate, times, status) of every unit of a run, for CSV/Parquet export."""
+        out: list[dict[str, Any]] = []
+        q = """SELECT e.dataset, e.pred_keys FROM run_units u JOIN evaluations e ON e.key = u.eval_key
+               WHERE u.run_id=? ORDER BY u.position"""
+        for unit in self.conn.execute(q, (run_id,)).fetchall():
+            keys = json.loads(unit["pred_keys"] or "[]")
+            preds = self.predictions(keys)
+            encs = self.encode_records(p["encode_key"] for p in preds.values() if p["encode_key"])
+            for key in keys:
+                p = preds.get(key)
+                if p is None:
+                    continue
+                e = encs.get(p["encode_key"]) if p["encode_key"] else None
+                out.append(
+                    {
+                        "run_id": run_id, "dataset": unit["dataset"], "task": p["task"], "codec": p["codec"],
+                        "quality": p["quality"], "item_id": p["item_id"], "status": p["status"],
+                        "error": p["error"], "nbytes": e.nbytes if e else None,
+                        "pixels": (e.width * e.height * (e.frames or 1)) if e and e.width else None,
+                        "bpp": (8.0 * e.nbytes / (e.width * e.height * (e.frames or 1))) if e and e.nbytes else None,
+                        "psnr": e.psnr if e else None, "encode_s": e.encode_s if e else None,
+                        "decode_s": e.decode_s if e else None, "infer_s": p["infer_s"],
+                    }
+                )  # fmt: skip
+        return out

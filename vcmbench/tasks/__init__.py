@@ -1,0 +1,1 @@
+"""Task adapters: a vision model plus its standard metric."""

@@ -1,0 +1,57 @@
+"""Task contract: ``predict(images) -> predictions`` and ``evaluate(predictions, dataset) -> metrics``.
+
+Adapters keep a plain typed ``__init__``; :meth:`Task.from_card` maps a card to
+it (detectron2's ``@configurable`` idea without the decorator). The model is
+loaded lazily, once per worker process, by :meth:`Task.load`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ..cards import Card, stable_hash
+
+if TYPE_CHECKING:
+    from ..datasets.base import Dataset
+
+
+class Task(ABC):
+    #: metric names ``evaluate`` returns, the first one is the headline metric
+    metrics: ClassVar[tuple[str, ...]] = ()
+    #: settings that say where files are, not what is computed; kept out of the cache key
+    location_settings: ClassVar[tuple[str, ...]] = ()
+
+    name: str = "task"
+    card_settings: Mapping[str, Any] = {}
+    #: how many images ``predict`` receives at once
+    batch_size: int = 8
+
+    @classmethod
+    def from_card(cls, card: Card) -> Task:
+        task = cls(**dict(card.settings))
+        task.name = card.name
+        task.card_settings = dict(card.settings)
+        return task
+
+    def version(self) -> str:
+        """Implementation + weights identity (e.g. a checkpoint sha256); enters the cache key."""
+        return "1"
+
+    def identity(self) -> str:
+        settings = {k: v for k, v in self.card_settings.items() if k not in self.location_settings}
+        return stable_hash({"class": type(self).__qualname__, "settings": settings, "version": self.version()})
+
+    def load(self) -> None:
+        """Load the model (weights, device); called once before the first ``predict``."""
+
+    @abstractmethod
+    def predict(self, images: Sequence[np.ndarray]) -> list[Any]:
+        """Predictions for a batch of HxWx3 uint8 RGB images, one JSON-serialisable value per image."""
+
+    @abstractmethod
+    def evaluate(self, predictions: Mapping[str, Any], dataset: Dataset) -> dict[str, float]:
+        """Score predictions keyed by item id against the dataset's ground truth."""
