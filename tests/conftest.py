@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep YOLO code offline: a private YOLO_CONFIG_DIR holding matplotlib's DejaVu font as Arial.ttf,
+    so a plotting call never tries to download Arial.ttf."""
+    os.environ["YOLO_OFFLINE"] = "1"
+    if "YOLO_CONFIG_DIR" not in os.environ:
+        cfg = Path(tempfile.mkdtemp(prefix="vcmbench-yolo-"))
+        import matplotlib
+
+        font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        shutil.copy(font, cfg / "Arial.ttf")
+        os.environ["YOLO_CONFIG_DIR"] = str(cfg)
 
 
 def shared_root() -> Path | None:

@@ -190,9 +190,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     import pandas as pd
 
-    from .report.tables import format_table, points_table
-
     from .report import headline
+    from .report.tables import format_table, points_table
 
     if report.rows:
         print(format_table(points_table(headline(pd.DataFrame(report.rows)))))

@@ -25,7 +25,7 @@ import traceback
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
+#: (unit, item, item sha256, prediction key)
+_Job = tuple[WorkUnit, Item, str, str]
+
+
+class _EncodeFailed(CodecError):
+    """The item has no bitstream because its encode failed (already reported in the encode stage)."""
+
+
 @dataclass
 class _Resolved:
     codecs: dict[str, tuple[Codec, list[Any]]]
@@ -219,7 +227,7 @@ class Runner:
             [(name, c.identity(), qs) for name, (c, qs) in res.codecs.items()],
             reference=cfg.reference,
         )
-        run_id = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + stable_hash(
+        run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + stable_hash(
             [u.key for u in units] + [time.time()], n=6
         )
         config_json = asdict(cfg)
@@ -322,7 +330,7 @@ class Runner:
 
     # ---- stage 2: infer ----------------------------------------------------------------------
     def _infer_stage(self, units: Sequence[WorkUnit], res: _Resolved, executor: LocalExecutor) -> None:
-        pending: dict[str, list[tuple[WorkUnit, Item, str, str]]] = defaultdict(list)
+        pending: dict[str, list[_Job]] = defaultdict(list)
         queued: set[str] = set()
         for u in units:
             _, items, shas = res.datasets[u.dataset]
@@ -332,87 +340,87 @@ class Runner:
                 if status.get(key) != "done" and key not in queued:
                     queued.add(key)
                     pending[u.task].append((u, item, sha, key))
-        total = sum(len(v) for v in pending.values())
-        if not total:
-            return
-        run_id = self.run_id
         for task_name, work in pending.items():
-            task = res.tasks[task_name]
-            t0 = time.perf_counter()
-            task.load()
-            self.log(f"{task_name}: model loaded in {time.perf_counter() - t0:.1f} s; {len(work)} images to infer")
-            enc = self.store.encode_records(u.encode_key(sha) for u, _, sha, _ in work if not u.is_reference)
+            self._infer_task(res.tasks[task_name], work, res, executor)
 
-            def decode(job: tuple[WorkUnit, Item, str, str]) -> tuple[np.ndarray, dict[str, Any] | None]:
-                u, item, sha, _ = job
-                ds = res.datasets[u.dataset][0]
-                if u.is_reference:
-                    return ds.load_image(item), None
-                ekey = u.encode_key(sha)
-                rec: EncodeRecord | None = enc.get(ekey)  # type: ignore[arg-type]
-                if rec is None or rec.status != "done":
-                    why = rec.error if rec is not None else "no bitstream"
-                    raise CodecError(f"no bitstream to decode (encode failed: {why})")
-                bs = Bitstream(
-                    self.store.get_blob(rec.blob), rec.width, rec.height, rec.frames or 1, rec.meta  # type: ignore[arg-type]
-                )
-                t = time.perf_counter()
-                image = res.codecs[u.codec][0].decode(bs)
-                seconds = time.perf_counter() - t
-                if image.shape[:2] != (rec.height, rec.width):
-                    raise CodecError(
-                        f"{u.codec}: decoded image is {image.shape[1]}x{image.shape[0]}, expected {rec.width}x{rec.height}"
-                    )
-                stats = None
-                if rec.decode_s is None:
-                    stats = {"key": ekey, "decode_s": seconds, "psnr": psnr(ds.load_image(item), image)}
-                return image, stats
+    def _decode(self, job: _Job, res: _Resolved, enc: dict[str, EncodeRecord]) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """The image a task sees for one job (runs in the worker pool); decode stats on first decode."""
+        u, item, sha, _ = job
+        ds = res.datasets[u.dataset][0]
+        if u.is_reference:
+            return ds.load_image(item), None
+        ekey = u.encode_key(sha)
+        assert ekey is not None
+        rec = enc.get(ekey)
+        if rec is None or rec.status != "done" or rec.blob is None:
+            why = rec.error if rec is not None else "no bitstream"
+            raise _EncodeFailed(f"no bitstream to decode (encode failed: {why})")
+        bs = Bitstream(self.store.get_blob(rec.blob), rec.width or 0, rec.height or 0, rec.frames or 1, rec.meta)
+        t = time.perf_counter()
+        image = res.codecs[u.codec][0].decode(bs)
+        seconds = time.perf_counter() - t
+        if image.shape[:2] != (rec.height, rec.width):
+            raise CodecError(
+                f"{u.codec}: decoded image is {image.shape[1]}x{image.shape[0]}, expected {rec.width}x{rec.height}"
+            )
+        stats = None
+        if rec.decode_s is None:
+            stats = {"key": ekey, "decode_s": seconds, "psnr": psnr(ds.load_image(item), image)}
+        return image, stats
 
-            bar = _progress(None, self.config.progress, total=len(work), desc=f"infer {task_name}")
-            batch: list[tuple[tuple[WorkUnit, Item, str, str], np.ndarray]] = []
-            failed_rows: list[dict[str, Any]] = []
-            decode_stats: list[dict[str, Any]] = []
+    def _infer_task(self, task: Task, work: list[_Job], res: _Resolved, executor: LocalExecutor) -> None:
+        """Decode (in the pool, working ahead) and predict every pending image of one task, in batches."""
+        t0 = time.perf_counter()
+        task.load()
+        self.log(f"{task.name}: model loaded in {time.perf_counter() - t0:.1f} s; {len(work)} images to infer")
+        enc = self.store.encode_records(k for u, _, sha, _ in work if (k := u.encode_key(sha)) is not None)
+        bar = _progress(None, self.config.progress, total=len(work), desc=f"infer {task.name}")
+        batch: list[tuple[_Job, np.ndarray]] = []
+        failed_rows: list[dict[str, Any]] = []
+        decode_stats: list[dict[str, Any]] = []
 
-            def flush() -> None:
-                rows = self._predict_batch(task, batch, run_id) + failed_rows
-                with self.store.transaction():
-                    for st in decode_stats:
-                        self.store.set_decode_stats(st["key"], st["decode_s"], st["psnr"])
-                self.store.put_predictions(rows)
-                bar.update(len(rows))
-                batch.clear()
-                failed_rows.clear()
-                decode_stats.clear()
+        def flush() -> None:
+            rows = self._predict_batch(task, batch) + failed_rows
+            with self.store.transaction():
+                for st in decode_stats:
+                    self.store.set_decode_stats(st["key"], st["decode_s"], st["psnr"])
+            self.store.put_predictions(rows)
+            bar.update(len(rows))
+            batch.clear()
+            failed_rows.clear()
+            decode_stats.clear()
 
-            for out in executor.ordered(decode, work, window=2 * task.batch_size + executor.workers):
-                u, item, sha, key = out.job
-                if out.error is not None:
-                    msg = _error_text(out.error)
+        window = 2 * task.batch_size + executor.workers
+        for out in executor.ordered(lambda job: self._decode(job, res, enc), work, window=window):
+            u, item, sha, key = out.job
+            if out.error is not None:
+                msg = _error_text(out.error)
+                if not isinstance(out.error, _EncodeFailed):  # encode failures were reported already
                     self.failures.append(Failure("decode", u.label(), item.id, msg))
                     self.log(f"{u.label()} item {item.id} ({item.path}): {msg}")
-                    failed_rows.append(self._pred_row(u, item, sha, key, run_id, status="failed", error=msg))
-                else:
-                    image, stats = out.value
-                    if stats:
-                        decode_stats.append(stats)
-                    if not u.is_reference:
-                        self.work["decodes"] += 1
-                    batch.append((out.job, image))
-                if len(batch) >= task.batch_size or len(failed_rows) >= task.batch_size:
-                    flush()
-            flush()
-            bar.close()
+                failed_rows.append(self._pred_row(u, item, sha, key, status="failed", error=msg))
+            else:
+                image, stats = out.value
+                if stats:
+                    decode_stats.append(stats)
+                if not u.is_reference:
+                    self.work["decodes"] += 1
+                batch.append((out.job, image))
+            if len(batch) >= task.batch_size or len(failed_rows) >= task.batch_size:
+                flush()
+        flush()
+        bar.close()
 
-    def _pred_row(self, u: WorkUnit, item: Item, sha: str, key: str, run_id: str | None, **kw: Any) -> dict[str, Any]:
+    def _pred_row(self, u: WorkUnit, item: Item, sha: str, key: str, **kw: Any) -> dict[str, Any]:
         row = {
             "key": key, "task": u.task, "task_id": u.task_id, "codec": u.codec, "quality": quality_label(u.quality),
-            "item_id": item.id, "item_sha": sha, "encode_key": u.encode_key(sha), "run_id": run_id,
+            "item_id": item.id, "item_sha": sha, "encode_key": u.encode_key(sha), "run_id": self.run_id,
             "status": "done", "error": None, "infer_s": None, "preds": None,
         }  # fmt: skip
         row.update(kw)
         return row
 
-    def _predict_batch(self, task: Task, batch: Sequence[tuple[Any, np.ndarray]], run_id: str | None) -> list[dict[str, Any]]:
+    def _predict_batch(self, task: Task, batch: Sequence[tuple[_Job, np.ndarray]]) -> list[dict[str, Any]]:
         """Predict a batch; if the batch fails, retry image by image so one bad image fails alone."""
         if not batch:
             return []
@@ -422,7 +430,7 @@ class Runner:
             per = (time.perf_counter() - t) / len(batch)
             self.work["inferences"] += len(batch)
             return [
-                self._pred_row(*job, run_id, preds=p, infer_s=per) for (job, _), p in zip(batch, preds, strict=True)
+                self._pred_row(*job, preds=p, infer_s=per) for (job, _), p in zip(batch, preds, strict=True)
             ]
         except Exception:
             if len(batch) == 1:
@@ -430,10 +438,10 @@ class Runner:
                 msg = _error_text(sys.exc_info()[1])  # type: ignore[arg-type]
                 self.failures.append(Failure("infer", job[0].label(), job[1].id, msg))
                 self.log(f"{job[0].label()} item {job[1].id}: inference failed: {msg}")
-                return [self._pred_row(*job, run_id, status="failed", error=msg)]
+                return [self._pred_row(*job, status="failed", error=msg)]
             rows = []
             for one in batch:
-                rows += self._predict_batch(task, [one], run_id)
+                rows += self._predict_batch(task, [one])
             return rows
 
     # ---- stage 3: evaluate -------------------------------------------------------------------

@@ -147,7 +147,7 @@ def run_process(cmd: Sequence[str], what: str, cwd: Path | None = None, timeout:
     start = time.perf_counter()
     try:
         proc = subprocess.run(
-            [str(c) for c in cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout
+            [str(c) for c in cmd], cwd=cwd, capture_output=True, timeout=timeout
         )
     except FileNotFoundError as exc:
         raise CodecError(f"{what}: cannot start {cmd[0]!r}: {exc}") from exc

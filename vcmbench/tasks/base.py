@@ -45,7 +45,7 @@ class Task(ABC):
         settings = {k: v for k, v in self.card_settings.items() if k not in self.location_settings}
         return stable_hash({"class": type(self).__qualname__, "settings": settings, "version": self.version()})
 
-    def load(self) -> None:
+    def load(self) -> None:  # noqa: B027 - optional hook, a task without a model needs nothing
         """Load the model (weights, device); called once before the first ``predict``."""
 
     @abstractmethod

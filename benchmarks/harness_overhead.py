@@ -1,0 +1,52 @@
+"""Harness overhead: wall time of a JPEG x YOLOv5 run divided by the time spent in codecs and the model.
+
+    VCMBENCH_SHARED=../shared python benchmarks/harness_overhead.py [--limit N]
+
+Everything that is not encode, decode or inference (model loading, reading and
+hashing images, the database, pycocotools evaluation, scheduling) is overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=None, help="images of coco-mini to use [all 79]")
+    ap.add_argument("--qualities", default="5,10,20,40,70")
+    args = ap.parse_args()
+    shared = Path(os.environ.get("VCMBENCH_SHARED", "../shared"))
+
+    import torch  # noqa: F401  (import cost is not harness overhead)
+    import yolov5  # noqa: F401
+
+    from vcmbench.runner import RunConfig, run
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = RunConfig(
+            codecs=["jpeg"], tasks=["yolov5"], datasets=["coco"], limit=args.limit,
+            data_roots={"*": str(shared / "data" / "coco-mini")},
+            overrides={"yolov5": {"weights": str(shared / "weights" / "yolov5n.pt")}},
+            qualities={"jpeg": [int(q) for q in args.qualities.split(",")]}, out=out, progress=False,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        report = run(cfg, log=lambda m: None)
+        wall = time.perf_counter() - t0
+        items = pd.read_csv(report.run_dir / "items.csv")
+    enc, dec, inf = (float(items[c].fillna(0).sum()) for c in ("encode_s", "decode_s", "infer_s"))
+    work = enc + dec + inf
+    print(f"images x points     : {len(items)}")
+    print(f"encode / decode / inference seconds: {enc:.2f} / {dec:.2f} / {inf:.2f}  (sum {work:.2f})")
+    print(f"wall seconds        : {wall:.2f}")
+    print(f"overhead ratio      : {wall / work:.3f}  (target <= 1.15)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Encode speed-up from running external encoders in parallel (one single-threaded process per core).
+
+    VCMBENCH_SHARED=../shared python benchmarks/parallel_encodes.py [--codec vvenc] [--n 12]
+
+Encodes the same images at the same QP with the local executor at 1 worker and
+at all cores, and prints the throughput ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from vcmbench.cards import CardSet
+from vcmbench.datasets.base import read_rgb
+from vcmbench.executors.local import LocalExecutor, default_workers
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--codec", default="vvenc")
+    ap.add_argument("--preset", default="faster")
+    ap.add_argument("--qp", type=int, default=32)
+    ap.add_argument("--n", type=int, default=12, help="images")
+    args = ap.parse_args()
+    shared = Path(os.environ.get("VCMBENCH_SHARED", "../shared"))
+    files = sorted((shared / "data" / "coco-mini" / "val2017").glob("*.jpg"))[: args.n]
+    images = [read_rgb(f, f.stem) for f in files]
+    card = CardSet().get("codec", args.codec)
+    if "preset" in card.settings:
+        card = card.with_settings(preset=args.preset)
+    codec = card.build()
+    codec.encode(images[0], args.qp)  # warm-up
+
+    def timed(workers: int) -> float:
+        with LocalExecutor(workers) as ex:
+            t = time.perf_counter()
+            for out in ex.unordered(lambda im: codec.encode(im, args.qp), images):
+                if out.error:
+                    raise out.error
+            return time.perf_counter() - t
+
+    cores = default_workers()
+    one = timed(1)
+    many = timed(cores)
+    print(f"{args.codec} ({args.preset}) QP {args.qp}, {len(images)} images")
+    print(f"1 worker  : {one:.2f} s ({len(images) / one:.2f} images/s)")
+    print(f"{cores} workers : {many:.2f} s ({len(images) / many:.2f} images/s)")
+    print(f"speed-up  : {one / many:.2f}x  (target >= 1.8x on 2 cores)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""End-to-end runs on real data: caching, resume after SIGKILL, provenance, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vcmbench.cli import main
+from vcmbench.runner import run
+
+from .helpers import cli_args, config, small_coco
+
+
+def _table(report) -> pd.DataFrame:
+    df = pd.DataFrame(report.rows).drop(columns=["run_id"])
+    return df.sort_values(["codec", "quality", "metric"]).reset_index(drop=True)
+
+
+def test_second_identical_run_does_zero_work(tmp_path: Path, coco_mini: Path, yolov5n_weights: Path) -> None:
+    coco = tmp_path / "coco"
+    small_coco(coco_mini, coco, 5)
+    cfg = config(tmp_path / "out", coco, yolov5n_weights, codecs=["jpeg", "vvenc"],
+                 qualities={"jpeg": [10, 40], "vvenc": [42]}, overrides={
+                     "yolov5": {"weights": str(yolov5n_weights)}, "vvenc": {"preset": "faster"}})  # fmt: skip
+    first = run(cfg)
+    assert first.ok
+    assert first.work == {"encodes": 15, "decodes": 15, "inferences": 20, "evaluations": 4}
+    second = run(cfg)
+    assert second.ok
+    assert second.work == {"encodes": 0, "decodes": 0, "inferences": 0, "evaluations": 0}
+    pd.testing.assert_frame_equal(_table(first), _table(second))
+    # a new point reuses everything else: only its own 5 encodes and inferences run
+    cfg.qualities = {"jpeg": [10, 40, 70], "vvenc": [42]}
+    third = run(cfg)
+    assert third.work["encodes"] == 5 and third.work["inferences"] == 5
+
+    t = _table(first)
+    ref = t[(t.codec == "uncompressed") & (t.metric == "map")]
+    assert len(ref) == 1 and 0 < float(ref.value.iloc[0]) <= 1
+    jpeg = t[(t.codec == "jpeg") & (t.metric == "map")].sort_values("bpp")
+    assert list(jpeg.quality) == ["10", "40"]  # lower quality, lower rate
+    assert (t[t.codec != "uncompressed"].n_failed == 0).all()
+
+
+def test_run_records_provenance_per_image_rows_and_exports(tmp_path: Path, coco_mini: Path, yolov5n_weights: Path) -> None:
+    coco = tmp_path / "coco"
+    small_coco(coco_mini, coco, 3)
+    report = run(config(tmp_path / "out", coco, yolov5n_weights, qualities={"jpeg": [20]}))
+    meta = json.loads((report.run_dir / "run.json").read_text())
+    prov = meta["provenance"]
+    assert prov["packages"]["torch"] == "2.14.1" and "numpy" in prov["packages"]
+    assert prov["machine"]["cpu_count"] >= 1 and "commit" in prov["git"]
+    assert meta["config"]["cards"]["jpeg"]["digest"] and meta["config"]["cards"]["yolov5"]["settings"]["weights"]
+    items = pd.read_csv(report.run_dir / "items.csv")
+    assert len(items) == 2 * 3  # (uncompressed + jpeg@20) x 3 images
+    coded = items[items.codec == "jpeg"]
+    assert (coded.nbytes > 0).all() and (coded.encode_s > 0).all() and (coded.decode_s >= 0).all()
+    assert (items.infer_s > 0).all()
+    # rate = 8 * bytes written / pixels, and the bitstream cache holds exactly those bytes
+    db = sqlite3.connect(report.out / "vcmbench.db")
+    for blob, nbytes in db.execute("SELECT blob, nbytes FROM encodes"):
+        assert (report.out / "bitstreams" / blob[:2] / f"{blob}.bin").stat().st_size == nbytes
+    results = pd.read_csv(report.run_dir / "results.csv")
+    row = results[(results.codec == "jpeg") & (results.metric == "map")].iloc[0]
+    assert row.bpp == pytest.approx(8 * coded.nbytes.sum() / coded.pixels.sum())
+    assert main(["export", str(report.out), "--format", "parquet", "--dest", str(tmp_path / "x")]) == 0
+    assert len(pd.read_parquet(tmp_path / "x" / "items.parquet")) == 6
+    assert set(pd.read_parquet(tmp_path / "x" / "results.parquet").metric) >= {"map", "map50"}
+
+
+def _done_predictions(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(db, timeout=1)
+        n = con.execute("SELECT COUNT(*) FROM predictions WHERE status='done'").fetchone()[0]
+        con.close()
+        return int(n)
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_resume_after_sigkill_recomputes_nothing_finished(tmp_path: Path, coco_mini: Path, yolov5n_weights: Path) -> None:
+    coco = tmp_path / "coco"
+    small_coco(coco_mini, coco, 12)
+    args = cli_args(tmp_path / "killed", coco, yolov5n_weights, "--codec", "jpeg", "--quality", "5,20,60",
+                    "--batch-size", "2", "--workers", "1")  # fmt: skip
+    total_inferences = 4 * 12
+    proc = subprocess.Popen([sys.executable, "-m", "vcmbench.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db = tmp_path / "killed" / "vcmbench.db"
+    deadline = time.time() + 240
+    while _done_predictions(db) < 10 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = _done_predictions(db)
+    assert 10 <= done_before < total_inferences
+
+    resumed = run(config(tmp_path / "killed", coco, yolov5n_weights, qualities={"jpeg": [5, 20, 60]}))
+    assert resumed.ok
+    assert resumed.work["inferences"] == total_inferences - done_before
+    assert resumed.work["encodes"] < 3 * 12 or done_before >= 12  # encodes finished before the kill are reused
+
+    fresh = run(config(tmp_path / "fresh", coco, yolov5n_weights, qualities={"jpeg": [5, 20, 60]}))
+    cols = ["codec", "quality", "metric", "value", "bpp", "n_items", "n_failed"]
+    pd.testing.assert_frame_equal(_table(resumed)[cols], _table(fresh)[cols])
+
+
+def test_unknown_names_are_refused_with_did_you_mean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for flag, bad, good in (("--codec", "vvenv", "vvenc"), ("--task", "yolov6", "yolov5"), ("--dataset", "cocoo", "coco")):
+        rc = main(["run", flag, bad, "--out", str(tmp_path / "o"), "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2
+        assert f"unknown {flag[2:]} {bad!r}" in err and f"did you mean {good!r}" in err
+
+
+def test_quality_outside_range_fails_before_any_work(
+    tmp_path: Path, coco_mini: Path, yolov5n_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    coco = tmp_path / "coco"
+    small_coco(coco_mini, coco, 2)
+    rc = main(cli_args(tmp_path / "o", coco, yolov5n_weights, "--codec", "jpeg,vvenc", "--quality", "vvenc=37,70"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "QP 70 is outside the allowed range 0..63" in err
+    db = sqlite3.connect(tmp_path / "o" / "vcmbench.db")
+    assert db.execute("SELECT COUNT(*) FROM encodes").fetchone()[0] == 0
+
+
+def test_missing_annotation_file_names_the_path(
+    tmp_path: Path, coco_mini: Path, yolov5n_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    coco = tmp_path / "coco"
+    small_coco(coco_mini, coco, 2)
+    ann = coco / "annotations" / "instances_val2017.json"
+    ann.unlink()
+    rc = main(cli_args(tmp_path / "o", coco, yolov5n_weights, "--codec", "jpeg"))
+    err = capsys.readouterr().err
+    assert rc == 2 and str(ann) in err and "--data-root" in err
+
+
+def test_missing_weights_file_names_the_path(tmp_path: Path, coco_mini: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    coco = tmp_path / "coco"
+    small_coco(coco_mini, coco, 2)
+    missing = tmp_path / "nowhere" / "yolov5n.pt"
+    rc = main(cli_args(tmp_path / "o", coco, missing, "--codec", "jpeg"))
+    err = capsys.readouterr().err
+    assert rc == 2 and str(missing) in err
+
+
+def test_corrupt_image_fails_alone_and_is_retried_when_fixed(
+    tmp_path: Path, coco_mini: Path, yolov5n_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    good = tmp_path / "good"
+    ids = small_coco(coco_mini, good, 4)
+    first = run(config(out, good, yolov5n_weights, qualities={"jpeg": [30]}))
+    assert first.ok
+    bad = tmp_path / "bad"
+    small_coco(coco_mini, bad, 4, corrupt=ids[1])
+    rc = main(cli_args(out, bad, yolov5n_weights, "--codec", "jpeg", "--quality", "30,50"))
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert f"item {ids[1]}" in captured.err and "corrupt or truncated" in captured.err
+    assert str(bad / "val2017") in captured.err
+    # the other images were processed and scored; the bad one is counted as failed
+    runs = sorted((out / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    table = pd.read_csv(runs[-1] / "results.csv")
+    m = table[table.metric == "map"]
+    assert set(m.codec) == {"uncompressed", "jpeg"} and (m.n_failed == 1).all() and (m.n_items == 3).all()
+    assert m.value.notna().all()
+    # the earlier run's results are untouched
+    db = sqlite3.connect(out / "vcmbench.db")
+    assert db.execute("SELECT COUNT(*) FROM predictions WHERE status='done' AND run_id=?", (first.run_id,)).fetchone()[0] == 8
+    # fixing the file and rerunning only redoes the bad item; since the restored file has the same
+    # content as in the first run, its reference and q30 results come from the store by content hash:
+    # only its q50 encode and inference remain
+    (bad / "val2017" / f"{int(ids[1]):012d}.jpg").unlink()
+    os.symlink(coco_mini / "val2017" / f"{int(ids[1]):012d}.jpg", bad / "val2017" / f"{int(ids[1]):012d}.jpg")
+    again = run(config(out, bad, yolov5n_weights, qualities={"jpeg": [30, 50]}))
+    assert again.ok
+    assert again.work["encodes"] == 1 and again.work["inferences"] == 1
+    final = pd.DataFrame(again.rows)
+    assert (final.n_failed == 0).all() and (final.n_items == 4).all()
+
+
+def test_crashing_encoder_keeps_other_results_and_rerun_completes(
+    tmp_path: Path, coco_mini: Path, yolov5n_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vcmbench.codecs.ffmpeg import default_ffmpeg
+
+    coco = tmp_path / "coco"
+    small_coco(coco_mini, coco, 3)
+    # Named fake: the real ffmpeg, except that every QP-42 encode crashes like a broken encoder build.
+    crashing = tmp_path / "crashing-ffmpeg"
+    crashing.write_text(
+        "#!/bin/sh\nprev=\nfor a in \"$@\"; do\n"
+        "  if [ \"$prev\" = \"-qp\" ] && [ \"$a\" = \"42\" ]; then echo 'vvenc: fake crash at QP 42' >&2; exit 134; fi\n"
+        f"  prev=$a\ndone\nexec {default_ffmpeg()} \"$@\"\n"
+    )
+    crashing.chmod(0o755)
+    args = cli_args(tmp_path / "o", coco, yolov5n_weights, "--codec", "vvenc", "--quality", "37,42",
+                    "--set", "vvenc.preset=faster", "--set", f"vvenc.ffmpeg={crashing}")  # fmt: skip
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.count("[encode] vvenc@42") == 3 and "exited with code 134" in err and "fake crash at QP 42" in err
+    db = sqlite3.connect(tmp_path / "o" / "vcmbench.db")
+    assert db.execute("SELECT COUNT(*) FROM encodes WHERE status='done'").fetchone()[0] == 3
+    assert db.execute("SELECT COUNT(*) FROM encodes WHERE status='failed'").fetchone()[0] == 3
+    # with a working encoder, only the failed encodes and their inferences are redone
+    fixed = run(config(tmp_path / "o", coco, yolov5n_weights, codecs=["vvenc"], qualities={"vvenc": [37, 42]},
+                       overrides={"yolov5": {"weights": str(yolov5n_weights)}, "vvenc": {"preset": "faster"}}))  # fmt: skip
+    assert fixed.ok and fixed.work["encodes"] == 3 and fixed.work["inferences"] == 3

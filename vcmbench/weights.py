@@ -1,0 +1,166 @@
+"""Locate, download and verify model weights.
+
+:func:`resolve_weights` looks, in order, at an explicit path, at
+``$VCMBENCH_WEIGHTS_DIR/<filename>``, at the cache ``$VCMBENCH_CACHE/weights/<filename>``
+(``VCMBENCH_CACHE`` defaults to ``~/.cache/vcmbench``) and finally downloads the
+file from its URL into the cache. Every file is checked against its sha256
+when one is given; every failure is a :class:`~vcmbench.errors.WeightsError`
+that names the file and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .errors import WeightsError
+
+__all__ = ["cache_dir", "resolve_weights", "sha256_file"]
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def cache_dir() -> Path:
+    """The folder downloaded weights go to: ``$VCMBENCH_CACHE/weights`` (default ``~/.cache/vcmbench/weights``)."""
+    root = os.environ.get("VCMBENCH_CACHE") or os.path.join("~", ".cache", "vcmbench")
+    return Path(os.path.expanduser(root)) / "weights"
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file; cached in-process by (resolved path, size, mtime_ns)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    digest = _SHA_CACHE.get(key)
+    if digest is None:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        digest = h.hexdigest()
+        _SHA_CACHE[key] = digest
+    return digest
+
+
+def _verify(path: Path, sha256: str | None, what: str, fix: str, shown: str | None = None) -> Path:
+    if sha256:
+        actual = sha256_file(path)
+        if actual.lower() != sha256.strip().lower():
+            raise WeightsError(
+                f"weights file {shown or path} for {what} fails its checksum: expected sha256 {sha256.strip().lower()}, "
+                f"actual {actual}. {fix}"
+            )
+    return path
+
+
+def resolve_weights(
+    path: str | os.PathLike[str] | None,
+    url: str | None,
+    sha256: str | None,
+    filename: str,
+    what: str,
+) -> Path:
+    """Return the path of a verified weights file.
+
+    ``path``: an explicit file (must exist); ``url``: where to download it from
+    when neither ``$VCMBENCH_WEIGHTS_DIR`` nor the cache holds ``filename``;
+    ``sha256``: expected checksum (``None`` skips the check); ``what``: the
+    owner named in error messages, e.g. ``"task yolov5"``.
+    """
+    card = what.split()[-1] if what else "the task"
+    if path:
+        p = Path(os.path.expanduser(str(path)))
+        if not p.is_file():
+            alt = f", or remove it to download from {url}" if url else ""
+            raise WeightsError(
+                f"weights file {p} not found for {what}: fix `weights:` in tasks/{card}.yaml, "
+                f"pass --set {card}.weights=PATH{alt}"
+            )
+        return _verify(
+            p,
+            sha256,
+            what,
+            f"Fix: point `weights:` at the right file or correct `sha256:` in tasks/{card}.yaml "
+            f"(set it to null to skip the check)",
+        )
+
+    cached = cache_dir() / filename
+    env_dir = os.environ.get("VCMBENCH_WEIGHTS_DIR")
+    candidates = ([Path(os.path.expanduser(env_dir)) / filename] if env_dir else []) + [cached]
+    for cand in candidates:
+        if cand.is_file():
+            return _verify(
+                cand,
+                sha256,
+                what,
+                f"Fix: delete or replace {cand} (a fresh copy comes from {url or 'the official release'})",
+            )
+
+    if not url:
+        where = " or ".join(str(c) for c in candidates)
+        raise WeightsError(
+            f"no weights for {what}: {filename} is not in {where} and no `url:` is set. Fix: place the file "
+            f"there, set VCMBENCH_WEIGHTS_DIR, or pass --set {card}.weights=PATH"
+        )
+    _download(url, cached, sha256, what)
+    return cached
+
+
+def _download(url: str, dest: Path, sha256: str | None, what: str) -> None:
+    """Fetch ``url`` to a temporary file next to ``dest``, verify it, then rename it into place."""
+    from tqdm.auto import tqdm
+
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as exc:
+        raise WeightsError(
+            f"cannot write to the weights cache {dest.parent} ({exc}) to download {url} for {what}. Fix: set "
+            "VCMBENCH_CACHE to a writable folder, or place the file in a folder named by VCMBENCH_WEIGHTS_DIR"
+        ) from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            req = urllib.request.Request(url, headers={"User-Agent": "vcmbench"})
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                total = resp.headers.get("Content-Length")
+                with tqdm(
+                    total=int(total) if total else None,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=f"downloading {dest.name}",
+                    leave=False,
+                ) as bar:
+                    while block := resp.read(1 << 20):
+                        out.write(block)
+                        bar.update(len(block))
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", None) or exc
+        raise WeightsError(
+            f"cannot download weights for {what} from {url} ({reason}). Fix: download it by hand and place it "
+            f"at {dest}, or put it in a folder named by VCMBENCH_WEIGHTS_DIR, or give its path with "
+            f"`weights:` (--set {what.split()[-1]}.weights=PATH)"
+        ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        _verify(
+            tmp,
+            sha256,
+            what,
+            f"The download was discarded. Fix: check `url:` and `sha256:`, or place the right file at {dest} "
+            "by hand",
+            shown=f"downloaded from {url}",
+        )
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
