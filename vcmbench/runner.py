@@ -21,9 +21,8 @@ import json
 import math
 import sys
 import time
-import traceback
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,11 +33,20 @@ import numpy as np
 from .cards import Card, CardError, CardSet, stable_hash
 from .codecs.base import Bitstream, Codec
 from .datasets.base import Dataset, Item
-from .errors import CodecError, VcmbenchError
+from .errors import VcmbenchError
+from .executors.base import (
+    DecodeJob,
+    EncodeFailed,
+    EncodeJob,
+    EncodeResult,
+    Executor,
+    adapter,
+    error_text,
+)
 from .executors.local import LocalExecutor
 from .plan import REFERENCE, DatasetSelection, WorkUnit, expand_grid, quality_label
 from .provenance import provenance
-from .store import TIDY_COLUMNS, EncodeRecord, Store
+from .store import TIDY_COLUMNS, Store
 from .tasks.base import Task
 
 DEFAULT_CODECS = ("jpeg", "vvenc")
@@ -113,7 +121,7 @@ def _progress(iterable: Iterable[Any] | None, enabled: bool, **kw: Any) -> Any:
 
 def _build(card: Card) -> Any:
     try:
-        return card.build()
+        return adapter(card)
     except TypeError as exc:
         raise CardError(f"{card.path}: settings of {card.kind} {card.name!r} do not fit its adapter: {exc}") from None
     except (ValueError, OSError) as exc:
@@ -122,23 +130,8 @@ def _build(card: Card) -> Any:
         raise CardError(f"{card.path}: {card.kind} {card.name!r}: {exc}") from None
 
 
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, VcmbenchError | OSError | ValueError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-3:])
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
-
-
 #: (unit, item, item sha256, prediction key)
 _Job = tuple[WorkUnit, Item, str, str]
-
-
-class _EncodeFailed(CodecError):
-    """The item has no bitstream because its encode failed (already reported in the encode stage)."""
 
 
 @dataclass
@@ -213,6 +206,9 @@ class Runner:
             tasks[name] = task
         return _Resolved(codecs, tasks, datasets, chosen)
 
+    def make_executor(self) -> Executor:
+        return LocalExecutor(self.config.workers)
+
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> RunReport:
         cfg = self.config
@@ -246,7 +242,7 @@ class Runner:
                  f"({len(res.datasets)} dataset x {len(res.tasks)} task x "
                  f"{sum(len(q) for _, q in res.codecs.values()) + int(cfg.reference)} points) -> {self.store.root}")
         status = "done"
-        with LocalExecutor(cfg.workers) as executor:
+        with self.make_executor() as executor:
             try:
                 self._encode_stage(units, res, executor)
                 self._infer_stage(units, res, executor)
@@ -279,57 +275,46 @@ class Runner:
         (d / "run.json").write_text(json.dumps(meta, indent=2, default=str))
 
     # ---- stage 1: encode -------------------------------------------------------------------------
-    def _encode_stage(self, units: Sequence[WorkUnit], res: _Resolved, executor: LocalExecutor) -> None:
-        jobs: dict[str, tuple[WorkUnit, Item, str]] = {}
+    def _encode_stage(self, units: Sequence[WorkUnit], res: _Resolved, executor: Executor) -> None:
+        jobs: dict[str, EncodeJob] = {}
+        where: dict[str, tuple[WorkUnit, Item, str]] = {}
         for u in units:
             if u.is_reference:
                 continue
-            ds, items, shas = res.datasets[u.dataset]
+            _, items, shas = res.datasets[u.dataset]
             for item, sha in zip(items, shas, strict=True):
                 key = u.encode_key(sha)
                 assert key is not None
-                jobs.setdefault(key, (u, item, sha))
+                if key not in jobs:
+                    jobs[key] = EncodeJob(key, res.cards[u.codec], u.quality, res.cards[u.dataset], item)
+                    where[key] = (u, item, sha)
         have = self.store.encode_records(jobs)
         todo = [k for k in jobs if not (k in have and have[k].status == "done" and self.store.has_blob(have[k].blob))]
         if not todo:
             return
-        run_id = self.run_id
-
-        def encode(key: str) -> dict[str, Any]:
-            u, item, sha = jobs[key]
-            codec = res.codecs[u.codec][0]
-            image = res.datasets[u.dataset][0].load_image(item)
-            t0 = time.perf_counter()
-            bs = codec.encode(image, u.quality)
-            seconds = time.perf_counter() - t0
-            if not bs.data:
-                raise CodecError(f"{u.codec}: the encoder returned an empty bitstream")
-            blob = self.store.put_blob(bs.data)
-            return {
-                "blob": blob, "nbytes": len(bs.data), "width": bs.width, "height": bs.height,
-                "frames": bs.frames, "meta": dict(bs.meta), "encode_s": seconds,
-            }  # fmt: skip
-
-        bar = _progress(executor.unordered(encode, todo), self.config.progress, total=len(todo), desc="encode")
-        for out in bar:
-            key = out.job
-            u, item, sha = jobs[key]
-            row = {
-                "key": key, "codec": u.codec, "codec_id": u.codec_id, "quality": quality_label(u.quality),
-                "item_id": item.id, "item_sha": sha, "run_id": run_id,
+        outcomes = executor.encode(jobs[k] for k in todo)
+        for out in _progress(outcomes, self.config.progress, total=len(todo), desc="encode"):
+            u, item, sha = where[out.job.key]
+            row: dict[str, Any] = {
+                "key": out.job.key, "codec": u.codec, "codec_id": u.codec_id, "quality": quality_label(u.quality),
+                "item_id": item.id, "item_sha": sha, "run_id": self.run_id,
             }  # fmt: skip
             if out.error is None:
-                row.update(out.value, status="done", error=None)
+                r: EncodeResult = out.value
+                row.update(
+                    blob=self.store.put_blob(r.data), nbytes=len(r.data), width=r.width, height=r.height,
+                    frames=r.frames, meta=r.meta, encode_s=r.encode_s, status="done", error=None,
+                )  # fmt: skip
                 self.work["encodes"] += 1
             else:
-                msg = _error_text(out.error)
+                msg = error_text(out.error)
                 row.update(status="failed", error=msg)
                 self.failures.append(Failure("encode", f"{u.codec}@{u.quality}", item.id, msg))
                 self.log(f"encode failed: {u.codec} {u.quality} item {item.id} ({item.path}): {msg}")
             self.store.put_encode(row)
 
     # ---- stage 2: infer ----------------------------------------------------------------------
-    def _infer_stage(self, units: Sequence[WorkUnit], res: _Resolved, executor: LocalExecutor) -> None:
+    def _infer_stage(self, units: Sequence[WorkUnit], res: _Resolved, executor: Executor) -> None:
         pending: dict[str, list[_Job]] = defaultdict(list)
         queued: set[str] = set()
         for u in units:
@@ -341,74 +326,60 @@ class Runner:
                     queued.add(key)
                     pending[u.task].append((u, item, sha, key))
         for task_name, work in pending.items():
-            self._infer_task(res.tasks[task_name], work, res, executor)
+            self._infer_task(task_name, work, res, executor)
 
-    def _decode(self, job: _Job, res: _Resolved, enc: dict[str, EncodeRecord]) -> tuple[np.ndarray, dict[str, Any] | None]:
-        """The image a task sees for one job (runs in the worker pool); decode stats on first decode."""
-        u, item, sha, _ = job
-        ds = res.datasets[u.dataset][0]
-        if u.is_reference:
-            return ds.load_image(item), None
-        ekey = u.encode_key(sha)
-        assert ekey is not None
-        rec = enc.get(ekey)
-        if rec is None or rec.status != "done" or rec.blob is None:
-            why = rec.error if rec is not None else "no bitstream"
-            raise _EncodeFailed(f"no bitstream to decode (encode failed: {why})")
-        bs = Bitstream(self.store.get_blob(rec.blob), rec.width or 0, rec.height or 0, rec.frames or 1, rec.meta)
-        t = time.perf_counter()
-        image = res.codecs[u.codec][0].decode(bs)
-        seconds = time.perf_counter() - t
-        if image.shape[:2] != (rec.height, rec.width):
-            raise CodecError(
-                f"{u.codec}: decoded image is {image.shape[1]}x{image.shape[0]}, expected {rec.width}x{rec.height}"
-            )
-        stats = None
-        if rec.decode_s is None:
-            stats = {"key": ekey, "decode_s": seconds, "psnr": psnr(ds.load_image(item), image)}
-        return image, stats
-
-    def _infer_task(self, task: Task, work: list[_Job], res: _Resolved, executor: LocalExecutor) -> None:
-        """Decode (in the pool, working ahead) and predict every pending image of one task, in batches."""
-        t0 = time.perf_counter()
-        task.load()
-        self.log(f"{task.name}: model loaded in {time.perf_counter() - t0:.1f} s; {len(work)} images to infer")
+    def _decode_jobs(self, work: list[_Job], res: _Resolved) -> Iterator[DecodeJob]:
+        """Jobs for the executor; bitstreams are read from the cache lazily, as the executor asks."""
         enc = self.store.encode_records(k for u, _, sha, _ in work if (k := u.encode_key(sha)) is not None)
-        bar = _progress(None, self.config.progress, total=len(work), desc=f"infer {task.name}")
-        batch: list[tuple[_Job, np.ndarray]] = []
-        failed_rows: list[dict[str, Any]] = []
-        decode_stats: list[dict[str, Any]] = []
+        for u, item, sha, key in work:
+            ds_card = res.cards[u.dataset]
+            if u.is_reference:
+                yield DecodeJob(key, ds_card, item)
+                continue
+            ekey = u.encode_key(sha)
+            rec = enc.get(ekey)  # type: ignore[arg-type]
+            if rec is None or rec.status != "done" or rec.blob is None:
+                yield DecodeJob(key, ds_card, item, res.cards[u.codec], None, ekey,
+                                missing=rec.error if rec is not None else "no bitstream")  # fmt: skip
+                continue
+            try:
+                data = self.store.get_blob(rec.blob)
+            except OSError as exc:
+                yield DecodeJob(key, ds_card, item, res.cards[u.codec], None, ekey, missing=str(exc))
+                continue
+            bs = Bitstream(data, rec.width or 0, rec.height or 0, rec.frames or 1, rec.meta)
+            yield DecodeJob(key, ds_card, item, res.cards[u.codec], bs, ekey, want_stats=rec.decode_s is None)
 
-        def flush() -> None:
-            rows = self._predict_batch(task, batch) + failed_rows
+    def _infer_task(self, task_name: str, work: list[_Job], res: _Resolved, executor: Executor) -> None:
+        """Decode and predict every pending image of one task, committing batch by batch."""
+        task = res.tasks[task_name]
+        where = {key: (u, item, sha, key) for u, item, sha, key in work}
+        self.log(f"{task_name}: {len(work)} images to infer")
+        bar = _progress(None, self.config.progress, total=len(work), desc=f"infer {task_name}")
+        for br in executor.infer(res.cards[task_name], self._decode_jobs(work, res), task.batch_size):
+            rows = []
+            stats = []
+            for job, pred, err, dec, secs in zip(br.jobs, br.preds, br.errors, br.decode, br.infer_s, strict=True):
+                u, item, sha, key = where[job.key]
+                if err is not None:
+                    msg = error_text(err)
+                    if not isinstance(err, EncodeFailed):  # encode failures were reported already
+                        stage = "infer" if dec is not None else "decode"
+                        self.failures.append(Failure(stage, u.label(), item.id, msg))
+                        self.log(f"{u.label()} item {item.id} ({item.path}): {stage} failed: {msg}")
+                    rows.append(self._pred_row(u, item, sha, key, status="failed", error=msg))
+                    continue
+                if job.codec is not None:
+                    self.work["decodes"] += 1
+                if dec is not None and dec.decode_s is not None and job.encode_key:
+                    stats.append((job.encode_key, dec.decode_s, dec.psnr))
+                self.work["inferences"] += 1
+                rows.append(self._pred_row(u, item, sha, key, preds=pred, infer_s=secs))
             with self.store.transaction():
-                for st in decode_stats:
-                    self.store.set_decode_stats(st["key"], st["decode_s"], st["psnr"])
+                for ekey, dsec, p in stats:
+                    self.store.set_decode_stats(ekey, dsec, p)
             self.store.put_predictions(rows)
             bar.update(len(rows))
-            batch.clear()
-            failed_rows.clear()
-            decode_stats.clear()
-
-        window = 2 * task.batch_size + executor.workers
-        for out in executor.ordered(lambda job: self._decode(job, res, enc), work, window=window):
-            u, item, sha, key = out.job
-            if out.error is not None:
-                msg = _error_text(out.error)
-                if not isinstance(out.error, _EncodeFailed):  # encode failures were reported already
-                    self.failures.append(Failure("decode", u.label(), item.id, msg))
-                    self.log(f"{u.label()} item {item.id} ({item.path}): {msg}")
-                failed_rows.append(self._pred_row(u, item, sha, key, status="failed", error=msg))
-            else:
-                image, stats = out.value
-                if stats:
-                    decode_stats.append(stats)
-                if not u.is_reference:
-                    self.work["decodes"] += 1
-                batch.append((out.job, image))
-            if len(batch) >= task.batch_size or len(failed_rows) >= task.batch_size:
-                flush()
-        flush()
         bar.close()
 
     def _pred_row(self, u: WorkUnit, item: Item, sha: str, key: str, **kw: Any) -> dict[str, Any]:
@@ -419,30 +390,6 @@ class Runner:
         }  # fmt: skip
         row.update(kw)
         return row
-
-    def _predict_batch(self, task: Task, batch: Sequence[tuple[_Job, np.ndarray]]) -> list[dict[str, Any]]:
-        """Predict a batch; if the batch fails, retry image by image so one bad image fails alone."""
-        if not batch:
-            return []
-        try:
-            t = time.perf_counter()
-            preds = task.predict([img for _, img in batch])
-            per = (time.perf_counter() - t) / len(batch)
-            self.work["inferences"] += len(batch)
-            return [
-                self._pred_row(*job, preds=p, infer_s=per) for (job, _), p in zip(batch, preds, strict=True)
-            ]
-        except Exception:
-            if len(batch) == 1:
-                (job, _), = batch
-                msg = _error_text(sys.exc_info()[1])  # type: ignore[arg-type]
-                self.failures.append(Failure("infer", job[0].label(), job[1].id, msg))
-                self.log(f"{job[0].label()} item {job[1].id}: inference failed: {msg}")
-                return [self._pred_row(*job, status="failed", error=msg)]
-            rows = []
-            for one in batch:
-                rows += self._predict_batch(task, [one])
-            return rows
 
     # ---- stage 3: evaluate -------------------------------------------------------------------
     def _evaluate_stage(self, units: Sequence[WorkUnit], res: _Resolved) -> list[dict[str, Any]]:

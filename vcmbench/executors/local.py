@@ -2,8 +2,8 @@
 
 Encodes of external programs (VVenC, x265, VTM) each run in their own child
 process, so a thread per core keeps every core busy; in-process codecs (Pillow,
-PyTorch) release the GIL in their heavy parts. Results come back to the driver,
-which alone writes to the store.
+PyTorch) release the GIL in their heavy parts. Decoding works ahead of the
+model in the same pool while the driver thread predicts batch after batch.
 """
 
 from __future__ import annotations
@@ -13,6 +13,20 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
+
+from ..cards import Card
+from .base import (
+    BatchResult,
+    Decoded,
+    DecodeJob,
+    EncodeJob,
+    Executor,
+    Outcome,
+    predict_batch,
+    run_decode,
+    run_encode,
+    task_adapter,
+)
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -25,18 +39,7 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class Outcome:
-    """The result of one job: either ``value`` or ``error`` is set."""
-
-    __slots__ = ("job", "value", "error")
-
-    def __init__(self, job: Any, value: Any = None, error: BaseException | None = None) -> None:
-        self.job = job
-        self.value = value
-        self.error = error
-
-
-class LocalExecutor:
+class LocalExecutor(Executor):
     name = "local"
 
     def __init__(self, workers: int | None = None) -> None:
@@ -46,12 +49,45 @@ class LocalExecutor:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> LocalExecutor:
-        return self
+    # ---- the contract -----------------------------------------------------------------------
+    def encode(self, jobs: Iterable[EncodeJob]) -> Iterator[Outcome]:
+        return self.unordered(run_encode, jobs)
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def infer(self, task: Card, jobs: Iterable[DecodeJob], batch_size: int) -> Iterator[BatchResult]:
+        model = task_adapter(task)
+        batch = BatchResult([])
+        images = []
+        for out in self.ordered(run_decode, jobs, window=2 * batch_size + self.workers):
+            decoded: Decoded | None = out.value
+            batch.jobs.append(out.job)
+            batch.decode.append(decoded)
+            batch.errors.append(out.error)
+            if decoded is not None:
+                images.append(decoded.image)
+            if len(batch.jobs) >= batch_size:
+                yield self._predict(model, batch, images)
+                batch, images = BatchResult([]), []
+        if batch.jobs:
+            yield self._predict(model, batch, images)
 
+    @staticmethod
+    def _predict(model: Any, batch: BatchResult, images: list[Any]) -> BatchResult:
+        preds, errors, times = predict_batch(model, images) if images else ([], [], [])
+        it = iter(zip(preds, errors, times, strict=True))
+        batch.preds, batch.infer_s = [], []
+        for i, d in enumerate(batch.decode):
+            if d is None:
+                batch.preds.append(None)
+                batch.infer_s.append(None)
+                continue
+            p, e, t = next(it)
+            batch.preds.append(p)
+            batch.infer_s.append(t)
+            batch.errors[i] = e
+            d.image = None  # type: ignore[assignment]  # free the pixels once predicted
+        return batch
+
+    # ---- generic helpers (also used by benchmarks) -------------------------------------------
     def unordered(self, fn: Callable[[J], R], jobs: Iterable[J]) -> Iterator[Outcome]:
         """Run ``fn`` on every job, yielding outcomes as they finish (at most 2x workers in flight)."""
         it = iter(jobs)
@@ -81,10 +117,9 @@ class LocalExecutor:
     def ordered(self, fn: Callable[[J], R], jobs: Iterable[J], window: int | None = None) -> Iterator[Outcome]:
         """Run ``fn`` on every job, yielding outcomes in job order, working ahead by ``window`` jobs."""
         window = window or 2 * self.workers
-        it = iter(jobs)
         queue: deque[tuple[J, Future[R]]] = deque()
         try:
-            for job in it:
+            for job in jobs:
                 queue.append((job, self._pool.submit(fn, job)))
                 if len(queue) >= window:
                     yield self._outcome(*queue.popleft())

@@ -1,0 +1,230 @@
+"""The executor contract: run encodes, and decode+predict batches, wherever the workers are.
+
+The runner (the driver) plans the work and is the only writer to the store; an
+executor only turns self-contained, picklable jobs into results:
+
+- :meth:`Executor.encode` takes :class:`EncodeJob` (codec card, quality, dataset
+  card, item) and yields :class:`EncodeResult` (the bytes written, timings);
+- :meth:`Executor.infer` takes :class:`DecodeJob` (task card, codec card,
+  bitstream, item) and yields one :class:`BatchResult` per batch: every image is
+  decoded, the batch predicted, and per-image errors kept apart.
+
+Workers rebuild adapters from cards once per process (:func:`adapter`), so the
+same jobs run in threads of the driver (local executor) or on a cluster (Ray).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..cards import Card, stable_hash
+from ..codecs.base import Bitstream
+from ..datasets.base import Item
+from ..errors import CodecError, VcmbenchError
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    key: str
+    codec: Card
+    quality: Any
+    dataset: Card
+    item: Item
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    data: bytes
+    width: int
+    height: int
+    frames: int
+    meta: dict[str, Any]
+    encode_s: float
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """One image to feed a task: the original (``codec is None``) or a bitstream to decode first."""
+
+    key: str
+    dataset: Card
+    item: Item
+    codec: Card | None = None
+    bitstream: Bitstream | None = None
+    encode_key: str | None = None
+    #: measure decode time and PSNR (first decode of this bitstream)
+    want_stats: bool = False
+    #: when set, the bitstream has none: this is why (its encode failed); the job fails without decoding
+    missing: str | None = None
+
+
+@dataclass
+class Decoded:
+    image: np.ndarray
+    decode_s: float | None = None
+    psnr: float | None = None
+
+
+@dataclass
+class BatchResult:
+    """Predictions for a batch of jobs; ``errors[i]`` is set where job i failed (decode or predict)."""
+
+    jobs: list[DecodeJob]
+    preds: list[Any] = field(default_factory=list)
+    errors: list[BaseException | None] = field(default_factory=list)
+    decode: list[Decoded | None] = field(default_factory=list)
+    infer_s: list[float | None] = field(default_factory=list)
+
+
+class EncodeFailed(CodecError):
+    """The item has no bitstream because its encode failed (reported in the encode stage already)."""
+
+
+class Outcome:
+    """The result of one job: either ``value`` or ``error`` is set."""
+
+    __slots__ = ("job", "value", "error")
+
+    def __init__(self, job: Any, value: Any = None, error: BaseException | None = None) -> None:
+        self.job = job
+        self.value = value
+        self.error = error
+
+
+# ---- adapters built once per worker process ------------------------------------------------------
+_CACHE: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+def _card_key(card: Card) -> str:
+    return stable_hash({"kind": card.kind, "name": card.name, "adapter": card.adapter, "settings": dict(card.settings)})
+
+
+def adapter(card: Card) -> Any:
+    """The adapter a card describes, built once per process (and loaded, for tasks)."""
+    key = _card_key(card)
+    obj = _CACHE.get(key)
+    if obj is None:
+        with _LOCK:
+            obj = _CACHE.get(key)
+            if obj is None:
+                obj = card.build()
+                _CACHE[key] = obj
+    return obj
+
+
+_LOADED: set[str] = set()
+
+
+def task_adapter(card: Card) -> Any:
+    """The task a card describes, built and loaded (weights on its device) once per process."""
+    task = adapter(card)
+    key = _card_key(card)
+    if key not in _LOADED:
+        with _LOCK:
+            if key not in _LOADED:
+                task.load()
+                _LOADED.add(key)
+    return task
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def run_encode(job: EncodeJob) -> EncodeResult:
+    """Worker side of an encode: read the item, encode it, return the bytes written."""
+    codec = adapter(job.codec)
+    image = adapter(job.dataset).load_image(job.item)
+    t0 = time.perf_counter()
+    bs = codec.encode(image, job.quality)
+    seconds = time.perf_counter() - t0
+    if not bs.data:
+        raise CodecError(f"{job.codec.name}: the encoder returned an empty bitstream")
+    return EncodeResult(bs.data, bs.width, bs.height, bs.frames, dict(bs.meta), seconds)
+
+
+def run_decode(job: DecodeJob) -> Decoded:
+    """Worker side of a decode: the original image, or the decoded bitstream (+ stats if asked)."""
+    ds = adapter(job.dataset)
+    if job.codec is None:
+        return Decoded(ds.load_image(job.item))
+    if job.missing is not None or job.bitstream is None:
+        raise EncodeFailed(f"no bitstream to decode (encode failed: {job.missing or 'no bitstream'})")
+    bs = job.bitstream
+    t = time.perf_counter()
+    image = adapter(job.codec).decode(bs)
+    seconds = time.perf_counter() - t
+    if image.shape[:2] != (bs.height, bs.width):
+        raise CodecError(
+            f"{job.codec.name}: decoded image is {image.shape[1]}x{image.shape[0]}, expected {bs.width}x{bs.height}"
+        )
+    if not job.want_stats:
+        return Decoded(image)
+    return Decoded(image, seconds, psnr(ds.load_image(job.item), image))
+
+
+def predict_batch(task: Any, images: Sequence[np.ndarray]) -> tuple[list[Any], list[BaseException | None], list[float | None]]:
+    """Predict a batch; if it fails, predict image by image so one bad image fails alone."""
+    try:
+        t = time.perf_counter()
+        preds = task.predict(list(images))
+        per = (time.perf_counter() - t) / max(1, len(images))
+        if len(preds) != len(images):
+            raise VcmbenchError(f"task {task.name} returned {len(preds)} predictions for {len(images)} images")
+        return list(preds), [None] * len(images), [per] * len(images)
+    except Exception as exc:
+        if len(images) == 1:
+            return [None], [exc], [None]
+        preds, errors, times = [], [], []
+        for img in images:
+            p, e, s = predict_batch(task, [img])
+            preds += p
+            errors += e
+            times += s
+        return preds, errors, times
+
+
+def error_text(exc: BaseException) -> str:
+    """The message a user sees: ours as they are, others with their type and the last frames."""
+    if isinstance(exc, VcmbenchError | OSError | ValueError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-3:])
+
+
+class Executor(ABC):
+    name: str = "executor"
+    #: parallel slots for encodes and decodes
+    workers: int = 1
+
+    @abstractmethod
+    def encode(self, jobs: Iterable[EncodeJob]) -> Iterator[Outcome]:
+        """Run every encode job, yielding outcomes (value: :class:`EncodeResult`) as they finish."""
+
+    @abstractmethod
+    def infer(self, task: Card, jobs: Iterable[DecodeJob], batch_size: int) -> Iterator[BatchResult]:
+        """Decode and predict the jobs in batches of ``batch_size``, yielding each batch's results."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release workers."""
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def log_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
