@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .cards import KINDS, CardError, CardSet, parse_overrides
+from .train.commands import add_masks_parser, add_train_parser, cmd_masks, cmd_train
 
 EPILOG = """examples:
   vcmbench run --codec jpeg,vvenc --task yolov5 --dataset coco --data-root ~/data/coco
@@ -57,6 +58,49 @@ def _parse_roots(values: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _resource(text: str) -> tuple[str, float]:
+    name, sep, amount = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, float(amount)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT (e.g. a100=1), got {text!r}") from None
+
+
+def _ray_args(r: argparse.ArgumentParser) -> None:
+    """``run`` options of the Ray executor (see README, "Distributed runs on Ray")."""
+    g = r.add_argument_group("distributed runs on Ray (--executor ray)")
+    g.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: threads in this process; ray: Ray tasks (encode/decode) and actors (models)")
+    g.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="Ray cluster to join (`ray start --head` prints it) [start a Ray instance on this machine]")
+    g.add_argument("--ray-cpus-per-encode", type=float, default=None, metavar="N",
+                   help="CPUs each encode/decode task requests [1: one encoder process per CPU]")
+    g.add_argument("--ray-cpus-per-model", type=float, default=None, metavar="N",
+                   help="CPUs each model actor holds [1; 0 on a 1-CPU cluster]")
+    g.add_argument("--ray-gpus-per-model", type=float, default=None, metavar="N",
+                   help="GPUs each model actor requests [1 if the cluster has GPUs, else 0]")
+    g.add_argument("--ray-model-resource", type=_resource, action="append", default=[], metavar="NAME=AMOUNT",
+                   help="custom Ray resource each model actor requests, e.g. a100=1 (repeatable)")
+    g.add_argument("--ray-model-replicas", type=int, default=None, metavar="N",
+                   help="model actors per task; batches are spread over them [1]")
+    g.add_argument("--ray-model-threads", type=int, default=None, metavar="N",
+                   help="PyTorch threads of a CPU model actor [as many as PyTorch uses in this process]")
+    g.add_argument("--ray-max-retries", type=int, default=None, metavar="N",
+                   help="re-runs of a job whose worker died (killed, OOM, node lost) before it is failed [3]")
+    g.add_argument("--ray-max-in-flight", type=int, default=None, metavar="N",
+                   help="encode/decode tasks submitted at once [2 x the cluster's task slots]")  # fmt: skip
+
+
+def _ray_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--ray-*`` options given, as RayExecutor keyword arguments."""
+    opts = {k[4:]: v for k, v in vars(args).items() if k.startswith("ray_") and v not in (None, [])}
+    if "model_resource" in opts:
+        opts["model_resources"] = dict(opts.pop("model_resource"))
+    return opts
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vcmbench",
@@ -70,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a codec x quality x task x dataset grid (resumable)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     r.add_argument("--codec", type=_csv, default=None, help="codec card names, comma separated [jpeg,vvenc]")
-    r.add_argument("--task", type=_csv, default=None, help="task card names, comma separated [yolov5]")
-    r.add_argument("--dataset", type=_csv, default=None, help="dataset card names, comma separated [coco]")
+    r.add_argument("--task", type=_csv, default=None, help="task card names, comma separated [synth_det]")
+    r.add_argument("--dataset", type=_csv, default=None, help="dataset card names, comma separated [synth]")
     r.add_argument("--quality", action="append", default=[], metavar="[CODEC=]Q1,Q2",
                    help="override the quality ladder of every codec or of one (repeatable)")
     r.add_argument("--data-root", action="append", default=[], metavar="[DATASET=]DIR",
@@ -86,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=None, help="parallel encodes/decodes [all cores]")
     r.add_argument("--batch-size", type=int, default=None, help="images per inference batch [task card]")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _ray_args(r)
 
     ls = sub.add_parser("ls", help="list codec, task and dataset cards with their settings (imports no models)")
     ls.add_argument("kind", nargs="?", choices=["codecs", "tasks", "datasets"], help="only this kind")
@@ -123,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     source_args(e)
     e.add_argument("--format", choices=["csv", "parquet"], default="csv")
     e.add_argument("--dest", default=None, help="output folder [the run folder]")
+
+    ts = sub.add_parser("train-synth", help="train the synth detector / instance-segmentation models (offline, seeded)")
+    ts.add_argument("--model", type=_csv, default=["det", "seg"], help="which models: det, seg [det,seg]")
+    ts.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (e.g. 1 for a smoke test)")
+    ts.add_argument("--out", default=None, help="where the .pt files go [<repo>/weights/synth]")
+    ts.add_argument("--device", default="cpu", help="torch device for training [cpu]")
+    ts.add_argument("--workers", type=int, default=2, help="data-loader workers [2]")
+    ts.add_argument("--update-cards", action="store_true", help="write the new sha256 into tasks/synth_*.yaml")
+    ts.add_argument("--keep", default=None, metavar="DIR", help="keep the Ultralytics run folders in DIR")
+
+    add_masks_parser(sub)  # vcmbench/train/commands.py
+    add_train_parser(sub)
     return p
 
 
@@ -164,7 +221,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import RunConfig, run
+    from .runner import DEFAULT_RUN_OVERRIDES, RunConfig, run
 
     cfg = RunConfig(
         qualities=_parse_qualities(args.quality),
@@ -178,7 +235,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        executor=args.executor,
+        address=args.address,
+        ray_options=_ray_options(args),
     )
+    if not (args.codec or args.task or args.dataset):  # the built-in default run: its own settings, unless --set
+        for card, settings in DEFAULT_RUN_OVERRIDES.items():
+            for key, value in settings.items():
+                cfg.overrides.setdefault(card, {}).setdefault(key, value)
     if args.codec:
         cfg.codecs = args.codec
     if args.task:
@@ -285,9 +349,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_synth(args: argparse.Namespace) -> int:
+    from .synth.train import train_synth
+
+    train_synth(args.model, Path(args.out) if args.out else None, args.epochs, args.device, args.workers,
+                args.update_cards, Path(args.keep) if args.keep else None)  # fmt: skip
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "plot": cmd_plot, "report": cmd_report,
-    "compare": cmd_compare, "export": cmd_export,
+    "compare": cmd_compare, "export": cmd_export, "train-synth": cmd_train_synth,
+    "masks": cmd_masks, "train": cmd_train,
 }  # fmt: skip
 
 

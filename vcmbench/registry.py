@@ -106,11 +106,23 @@ for _name, _target in {
     "vvenc": "vcmbench.codecs.ffmpeg:VVenCCodec",
     "x265": "vcmbench.codecs.ffmpeg:X265Codec",
     "vtm": "vcmbench.codecs.vtm:VTMCodec",
+    "lic": "vcmbench.codecs.learned:LicCodec",
+    "objicm": "vcmbench.codecs.learned:ObjectICMCodec",
+    "tlicm": "vcmbench.codecs.learned:TLICMCodec",
+    "saicm": "vcmbench.codecs.learned:SAICMCodec",
 }.items():
     CODECS.register(_name, _target)
 
 TASKS.register("yolov5", "vcmbench.tasks.yolov5:YOLOv5Task")
+TASKS.register("ultralytics_detect", "vcmbench.tasks.ultralytics_yolo:UltralyticsDetectTask")
+TASKS.register("ultralytics_segment", "vcmbench.tasks.ultralytics_yolo:UltralyticsSegmentTask")
+TASKS.register("faces", "vcmbench.tasks.faces:FacesTask")
+TASKS.register("mask_rcnn", "vcmbench.tasks.mask_rcnn:MaskRCNNTask")
+TASKS.register("panoptic_deeplab", "vcmbench.tasks.panoptic_deeplab:PanopticDeepLabTask")
 
 DATASETS.register("coco", "vcmbench.datasets.coco:CocoDataset")
+DATASETS.register("synth", "vcmbench.datasets.synth:SynthDataset")
+DATASETS.register("visdrone", "vcmbench.datasets.visdrone:VisDroneDataset")
+DATASETS.register("cityscapes", "vcmbench.datasets.cityscapes:CityscapesDataset")
 
 REGISTRIES: dict[str, Registry[type]] = {"codec": CODECS, "task": TASKS, "dataset": DATASETS}

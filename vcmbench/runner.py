@@ -49,9 +49,14 @@ from .provenance import provenance
 from .store import TIDY_COLUMNS, Store
 from .tasks.base import Task
 
+#: the default run is the built-in offline benchmark: generated synth val, the detector trained on it
 DEFAULT_CODECS = ("jpeg", "vvenc")
-DEFAULT_TASKS = ("yolov5",)
-DEFAULT_DATASETS = ("coco",)
+DEFAULT_TASKS = ("synth_det",)
+DEFAULT_DATASETS = ("synth",)
+#: card settings of the default run (`vcmbench run` without --codec/--task/--dataset): VVenC `faster` costs
+#: ~0.7 s of CPU per 320x240 synth image for its 6 QPs, `medium` ~6.7 s, which alone would take the default
+#: run past 5 minutes on 2 cores; --set vvenc.preset=medium restores it
+DEFAULT_RUN_OVERRIDES: dict[str, dict[str, Any]] = {"vvenc": {"preset": "faster"}}
 
 
 @dataclass
@@ -74,6 +79,12 @@ class RunConfig:
     batch_size: int | None = None
     reference: bool = True
     progress: bool = True
+    #: "local" (threads in this process) or "ray" (tasks and actors on a Ray cluster)
+    executor: str = "local"
+    #: Ray cluster to join: None starts one on this machine, "auto", or "HOST:PORT"
+    address: str | None = None
+    #: keyword arguments of RayExecutor (cpus_per_encode, gpus_per_model, model_resources, max_retries, ...)
+    ray_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,6 +117,9 @@ class _NullBar:
     def update(self, n: int = 1) -> None:
         pass
 
+    def set_postfix(self, *args: Any, **kw: Any) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -117,6 +131,13 @@ def _progress(iterable: Iterable[Any] | None, enabled: bool, **kw: Any) -> Any:
     from tqdm import tqdm
 
     return tqdm(iterable, dynamic_ncols=True, file=sys.stderr, **kw)
+
+
+def _show_status(bar: Any, executor: Executor, failed: int) -> None:
+    """Next to a progress bar (done / total, ETA): items failed and what the executor's workers are doing."""
+    set_postfix = getattr(bar, "set_postfix", None)
+    if set_postfix is not None:
+        set_postfix(failed=failed, **executor.status(), refresh=False)
 
 
 def _build(card: Card) -> Any:
@@ -207,12 +228,22 @@ class Runner:
         return _Resolved(codecs, tasks, datasets, chosen)
 
     def make_executor(self) -> Executor:
-        return LocalExecutor(self.config.workers)
+        cfg = self.config
+        if cfg.executor == "ray":
+            from .executors.ray import RayExecutor  # imports ray only when it is chosen
+
+            return RayExecutor(cfg.address, workers=cfg.workers, log=self.log, **cfg.ray_options)
+        if cfg.executor != "local":
+            raise VcmbenchError(f"unknown executor {cfg.executor!r}: choose local or ray")
+        if cfg.address or cfg.ray_options:
+            raise VcmbenchError("--address and --ray-* options need --executor ray")
+        return LocalExecutor(cfg.workers)
 
     # ---- the run ------------------------------------------------------------------------------
     def run(self) -> RunReport:
         cfg = self.config
         res = self.resolve()
+        executor = self.make_executor()  # joins a cluster now: an unreachable one is an error before any work
         selections = [
             DatasetSelection(name, ds.identity(), tuple(it.id for it in items), tuple(shas))
             for name, (ds, items, shas) in res.datasets.items()
@@ -242,7 +273,7 @@ class Runner:
                  f"({len(res.datasets)} dataset x {len(res.tasks)} task x "
                  f"{sum(len(q) for _, q in res.codecs.values()) + int(cfg.reference)} points) -> {self.store.root}")
         status = "done"
-        with self.make_executor() as executor:
+        with executor:
             try:
                 self._encode_stage(units, res, executor)
                 self._infer_stage(units, res, executor)
@@ -293,7 +324,8 @@ class Runner:
         if not todo:
             return
         outcomes = executor.encode(jobs[k] for k in todo)
-        for out in _progress(outcomes, self.config.progress, total=len(todo), desc="encode"):
+        bar = _progress(outcomes, self.config.progress, total=len(todo), desc="encode")
+        for out in bar:
             u, item, sha = where[out.job.key]
             row: dict[str, Any] = {
                 "key": out.job.key, "codec": u.codec, "codec_id": u.codec_id, "quality": quality_label(u.quality),
@@ -312,6 +344,7 @@ class Runner:
                 self.failures.append(Failure("encode", f"{u.codec}@{u.quality}", item.id, msg))
                 self.log(f"encode failed: {u.codec} {u.quality} item {item.id} ({item.path}): {msg}")
             self.store.put_encode(row)
+            _show_status(bar, executor, failed=sum(f.stage == "encode" for f in self.failures))
 
     # ---- stage 2: infer ----------------------------------------------------------------------
     def _infer_stage(self, units: Sequence[WorkUnit], res: _Resolved, executor: Executor) -> None:
@@ -356,6 +389,7 @@ class Runner:
         where = {key: (u, item, sha, key) for u, item, sha, key in work}
         self.log(f"{task_name}: {len(work)} images to infer")
         bar = _progress(None, self.config.progress, total=len(work), desc=f"infer {task_name}")
+        failed = 0
         for br in executor.infer(res.cards[task_name], self._decode_jobs(work, res), task.batch_size):
             rows = []
             stats = []
@@ -380,6 +414,8 @@ class Runner:
                     self.store.set_decode_stats(ekey, dsec, p)
             self.store.put_predictions(rows)
             bar.update(len(rows))
+            failed += sum(r["status"] == "failed" for r in rows)
+            _show_status(bar, executor, failed)
         bar.close()
 
     def _pred_row(self, u: WorkUnit, item: Item, sha: str, key: str, **kw: Any) -> dict[str, Any]:

@@ -216,6 +216,10 @@ class Executor(ABC):
     def infer(self, task: Card, jobs: Iterable[DecodeJob], batch_size: int) -> Iterator[BatchResult]:
         """Decode and predict the jobs in batches of ``batch_size``, yielding each batch's results."""
 
+    def status(self) -> dict[str, Any]:
+        """What the workers are doing now, shown next to the progress bar (e.g. ``running``, ``nodes``)."""
+        return {}
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release workers."""
 

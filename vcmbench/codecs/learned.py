@@ -1,0 +1,500 @@
+"""Learned image codecs (TCM, CompressAI zoo) as vcmbench codecs: ``lic``, ``objicm``, ``tlicm``, ``saicm``.
+
+One checkpoint per rate point. A card maps each quality value (a rate-point key:
+an index, or a λ) to a checkpoint file (path, or URL + sha256)::
+
+    qualities: [1, 2]
+    settings:
+      arch: mbt2018-mean
+      arch_kwargs: {N: 64, M: 96}
+      rate_points:
+        1: {lambda: 0.0035, checkpoint: checkpoints/saicm/q1.pt, sha256: 5b1e...}
+        2: {lambda: 0.0130, url: https://example.org/q2.pt, sha256: 77aa...}
+
+The four adapter names share this class and differ in the training objective
+their checkpoints must carry (``meta.loss`` of a vcmbench checkpoint; foreign
+checkpoints carry none and are accepted):
+
+- ``lic``: rate + λ·255²·MSE (Ballé et al., ICLR 2017 onwards);
+- ``objicm``: Object-ICM, rate + λ·255²·MSE inside ground-truth object masks;
+- ``saicm``: SA-ICM (T. Shindo, K. Yamada, T. Watanabe, H. Watanabe, "Image Coding
+  for Machines with Edge Information Learning Using Segment Anything", IEEE ICIP
+  2024, arXiv:2403.04173): MSE on the edges of Segment Anything masks only;
+- ``tlicm``: task-loss ICM, rate + λ1·MSE + λ2·‖F(x) − F(x̂)‖², F an early part of
+  the evaluation detector (Le et al., ICASSP 2021; Fischer et al., 2022).
+
+Bitstreams are real: the input is padded (edge replication) to the model's stride,
+``model.compress()`` runs CompressAI's rANS coder, and the bytes are a small header
+followed by the entropy-coded strings. Rate = all of those bytes. Header (varints
+are unsigned LEB128)::
+
+    u8 format (1) | u8 rate-point position | varint height | varint width
+    varint ndim, ndim x varint (hyper-latent shape)
+    varint groups, per group: varint strings, per string: varint length
+    payload: every string, in order
+
+Decoding needs the same weights *and* the same floating-point arithmetic as
+encoding (the entropy model's parameters are recomputed by the decoder), so the
+device type enters the codec's version and cache key: decode on the kind of
+device you encoded on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..cards import Card, stable_hash
+from ..errors import CodecError, QualityError, WeightsError
+from .base import Bitstream, Codec
+
+#: bump when the bitstream layout or the pre/post-processing changes
+IMPL_VERSION = "1"
+FORMAT = 1
+LOSSES = ("lic", "objicm", "saicm", "tlicm")
+RATE_POINT_KEYS = {"lambda", "lambda2", "checkpoint", "url", "sha256", "random_seed", "description"}
+_SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+# ---- header --------------------------------------------------------------------------------------
+def _varint(n: int) -> bytes:
+    if n < 0:
+        raise ValueError(f"varint of a negative number {n}")
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(buf):
+            raise CodecError("learned codec: truncated bitstream header")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise CodecError("learned codec: corrupt bitstream header (varint too long)")
+
+
+def pack_bitstream(position: int, height: int, width: int, shape: tuple[int, ...], strings: list[list[bytes]]) -> bytes:
+    """Header + concatenated strings (see the module docstring)."""
+    head = bytearray([FORMAT, position])
+    head += _varint(height) + _varint(width) + _varint(len(shape))
+    for d in shape:
+        head += _varint(int(d))
+    head += _varint(len(strings))
+    for group in strings:
+        head += _varint(len(group))
+        for s in group:
+            head += _varint(len(s))
+    return bytes(head) + b"".join(s for group in strings for s in group)
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    position: int
+    height: int
+    width: int
+    shape: tuple[int, ...]
+    strings: list[list[bytes]]
+    header_bytes: int
+
+
+def unpack_bitstream(data: bytes) -> Unpacked:
+    """Inverse of :func:`pack_bitstream`; a malformed stream is a :class:`CodecError`."""
+    if len(data) < 2:
+        raise CodecError("learned codec: bitstream shorter than its header")
+    if data[0] != FORMAT:
+        raise CodecError(f"learned codec: unknown bitstream format {data[0]} (this version writes {FORMAT})")
+    position = data[1]
+    pos = 2
+    height, pos = _read_varint(data, pos)
+    width, pos = _read_varint(data, pos)
+    ndim, pos = _read_varint(data, pos)
+    shape = []
+    for _ in range(ndim):
+        d, pos = _read_varint(data, pos)
+        shape.append(d)
+    ngroups, pos = _read_varint(data, pos)
+    lengths: list[list[int]] = []
+    for _ in range(ngroups):
+        count, pos = _read_varint(data, pos)
+        group = []
+        for _ in range(count):
+            n, pos = _read_varint(data, pos)
+            group.append(n)
+        lengths.append(group)
+    header = pos
+    strings = []
+    for group in lengths:
+        out = []
+        for n in group:
+            if pos + n > len(data):
+                raise CodecError("learned codec: truncated bitstream payload")
+            out.append(data[pos : pos + n])
+            pos += n
+        strings.append(out)
+    if pos != len(data):
+        raise CodecError(f"learned codec: {len(data) - pos} unexpected bytes after the payload")
+    return Unpacked(position, height, width, tuple(shape), strings, header)
+
+
+# ---- rate points ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RatePoint:
+    """One trained model of a learned codec: its key (the card's quality value) and where its weights are."""
+
+    key: int | float
+    lmbda: float | None
+    checkpoint: str | None
+    url: str | None
+    sha256: str | None
+    lambda2: float | None = None
+    #: no checkpoint: random initial weights from this seed (pipeline checks and timing only)
+    random_seed: int | None = None
+
+
+def parse_rate_points(raw: Any, where: str) -> dict[int | float, RatePoint]:
+    """Validate the card's ``rate_points`` mapping; every problem is a :class:`CodecError` naming the key."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise CodecError(f"{where}: settings.rate_points must be a non-empty mapping of quality -> checkpoint")
+    points: dict[int | float, RatePoint] = {}
+    for key, spec in raw.items():
+        try:
+            k = float(key)
+        except (TypeError, ValueError):
+            raise CodecError(f"{where}: rate point key {key!r} is not a number") from None
+        knum: int | float = int(k) if k == int(k) else k
+        if isinstance(spec, str):
+            spec = {"checkpoint": spec}
+        if not isinstance(spec, Mapping):
+            raise CodecError(f"{where}: rate point {key!r} must be a mapping (checkpoint/url/sha256/lambda)")
+        unknown = set(spec) - RATE_POINT_KEYS
+        if unknown:
+            raise CodecError(f"{where}: rate point {key!r}: unknown key(s) {sorted(unknown)}; allowed: "
+                             f"{sorted(RATE_POINT_KEYS)}")  # fmt: skip
+        ckpt, url, sha = spec.get("checkpoint"), spec.get("url"), spec.get("sha256")
+        seed = spec.get("random_seed")
+        if seed is not None and (ckpt or url or not isinstance(seed, int)):
+            raise CodecError(f"{where}: rate point {key!r}: random_seed (an integer) excludes checkpoint:/url:")
+        if not ckpt and not url and seed is None:
+            raise CodecError(f"{where}: rate point {key!r} needs checkpoint: (a path) or url: (+ sha256:), "
+                             "or random_seed: for untrained weights")
+        if url and not sha:
+            raise CodecError(f"{where}: rate point {key!r} downloads from {url} but has no sha256:; add it")
+        if sha is not None and not _SHA_RE.match(str(sha)):
+            raise CodecError(f"{where}: rate point {key!r}: sha256 {sha!r} is not 64 hex digits")
+        for name in ("lambda", "lambda2"):
+            value = spec.get(name)
+            if value is not None and not (isinstance(value, int | float) and value >= 0):
+                raise CodecError(f"{where}: rate point {key!r}: {name} must be a number >= 0, got {value!r}")
+        lmbda = spec.get("lambda")
+        if knum in points:
+            raise CodecError(f"{where}: rate point {key!r} is listed twice")
+        points[knum] = RatePoint(knum, None if lmbda is None else float(lmbda), ckpt, url, sha,
+                                 spec.get("lambda2"), seed)  # fmt: skip
+    if len(points) > 255:
+        raise CodecError(f"{where}: at most 255 rate points")
+    return points
+
+
+def card_root(card: Card) -> Path:
+    """The folder relative checkpoint paths of a card are resolved against (the repository for built-ins)."""
+    if card.path is None:
+        return Path.cwd()
+    parent = card.path.resolve().parent
+    return parent.parent if parent.name == "codecs" else parent
+
+
+# ---- the codec ----------------------------------------------------------------------------------
+class LearnedCodec(Codec):
+    """A learned image codec with one checkpoint per rate point (see the module docstring)."""
+
+    quality_name = "rate point"
+    integer_quality = False
+    location_settings = ("device", "base_dir")
+    #: the training objective this adapter's checkpoints must have been trained with (None: any)
+    expected_loss: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        arch: str,
+        rate_points: Mapping[Any, Any],
+        arch_kwargs: Mapping[str, Any] | None = None,
+        device: str = "auto",
+        base_dir: str | None = None,
+    ) -> None:
+        from ..models.lic import ARCHITECTURES
+
+        if arch not in ARCHITECTURES:
+            raise CodecError(f"learned codec: unknown arch {arch!r}; known: {', '.join(ARCHITECTURES)}")
+        self.arch = arch
+        self.arch_kwargs = dict(arch_kwargs or {})
+        self.points = parse_rate_points(rate_points, f"codec {self.name}")
+        self.keys = sorted(self.points)
+        self.device = device
+        self.base_dir = Path(base_dir) if base_dir else Path.cwd()
+        self._models: dict[int | float, Any] = {}
+        self._paths: dict[int | float, Path] = {}
+        self._lock = threading.Lock()
+        self._torch_device: Any = None
+
+    @classmethod
+    def from_card(cls, card: Card) -> Codec:
+        settings = dict(card.settings)
+        settings.setdefault("base_dir", str(card_root(card)))
+        try:
+            codec = cls(**settings)
+        except TypeError as exc:
+            raise CodecError(f"{card.path}: bad settings for codec {card.name!r}: {exc}") from exc
+        except CodecError as exc:
+            raise CodecError(f"{card.path}: {str(exc).replace('codec codec', f'codec {card.name}')}") from None
+        codec.name = card.name
+        codec.card_settings = dict(card.settings)
+        for q in card.qualities:
+            codec.validate_quality(q)  # the default ladder must name existing rate points
+        return codec
+
+    # ---- identity ------------------------------------------------------------------------------
+    def torch_device(self) -> Any:
+        import torch
+
+        if self._torch_device is None:
+            if self.device in ("auto", "", None):
+                dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            else:
+                try:
+                    dev = torch.device(self.device)
+                except RuntimeError as exc:
+                    raise CodecError(f"{self.name}: invalid device {self.device!r} ({exc}); use auto, cpu, cuda") from None
+                if dev.type == "cuda" and not torch.cuda.is_available():
+                    raise CodecError(f"{self.name}: device {self.device!r} requested but CUDA is not available")
+            self._torch_device = dev
+        return self._torch_device
+
+    def version(self) -> str:
+        import compressai
+        import torch
+
+        return (f"learned-{IMPL_VERSION}/compressai-{compressai.__version__}/torch-{torch.__version__}"
+                f"/{self.torch_device().type}")  # fmt: skip
+
+    def identity(self) -> str:
+        """Architecture + every rate point's λ and checkpoint sha256 + implementation versions."""
+        points = {
+            str(k): {"lambda": p.lmbda, "sha256": self.checkpoint_sha256(k)} for k, p in self.points.items()
+        }
+        return stable_hash({"class": type(self).__qualname__, "arch": self.arch, "arch_kwargs": self.arch_kwargs,
+                            "points": points, "version": self.version()})  # fmt: skip
+
+    def validate_quality(self, quality: Any) -> int | float:
+        try:
+            q = float(quality)
+        except (TypeError, ValueError):
+            raise QualityError(f"{self.name}: rate point {quality!r} is not a number") from None
+        key: int | float = int(q) if q == int(q) else q
+        if key not in self.points:
+            raise QualityError(
+                f"{self.name}: rate point {quality!r} has no checkpoint; this card defines "
+                f"{', '.join(str(k) for k in self.keys)} (settings.rate_points)"
+            )
+        return key
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def checkpoint_path(self, key: int | float) -> Path:
+        """The verified checkpoint file of a rate point (path, ``$VCMBENCH_WEIGHTS_DIR``, cache, download)."""
+        if key in self._paths:
+            return self._paths[key]
+        from ..weights import resolve_weights, sha256_file
+
+        p = self.points[key]
+        path: Path | None = None
+        if p.checkpoint:
+            cand = Path(p.checkpoint).expanduser()
+            cand = cand if cand.is_absolute() else self.base_dir / cand
+            if cand.is_file():
+                path = cand
+            elif not p.url:
+                raise WeightsError(
+                    f"codec {self.name}: checkpoint {cand} of rate point {key} not found. Fix: train it "
+                    f"(`vcmbench train ...`), correct rate_points.{key}.checkpoint in the card, or give a url: + sha256:"
+                )
+        if path is None:
+            from urllib.parse import urlparse
+
+            filename = Path(urlparse(p.url or "").path).name or f"{self.name}-{key}.pt"
+            path = resolve_weights(None, p.url, p.sha256, filename, f"codec {self.name}")
+        if p.sha256:
+            actual = sha256_file(path)
+            if actual.lower() != p.sha256.lower():
+                raise WeightsError(
+                    f"codec {self.name}: checkpoint {path} of rate point {key} fails its checksum: expected "
+                    f"sha256 {p.sha256.lower()}, actual {actual}. Fix: restore the file, or update sha256: in the card"
+                )
+        self._paths[key] = path
+        return path
+
+    def checkpoint_sha256(self, key: int | float) -> str:
+        """sha256 of the rate point's checkpoint file (``random-seed-<n>`` for untrained weights)."""
+        from ..weights import sha256_file
+
+        seed = self.points[key].random_seed
+        if seed is not None:
+            return f"random-seed-{seed}"
+        return sha256_file(self.checkpoint_path(key))
+
+    def model(self, key: int | float) -> Any:
+        """The model of a rate point, loaded once (thread-safe), checked against the card."""
+        model = self._models.get(key)
+        if model is not None:
+            return model
+        with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                model = self._load(key)
+                self._models[key] = model
+        return model
+
+    def _load(self, key: int | float) -> Any:
+        import torch
+
+        from ..models.lic import ModelError, build_model, load_checkpoint, scale_table
+
+        seed = self.points[key].random_seed
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                try:
+                    model = build_model(self.arch, **self.arch_kwargs)
+                except ModelError as exc:
+                    raise CodecError(f"codec {self.name}: {exc}") from None
+            model.eval().update(scale_table=scale_table(), force=True)
+            return model.to(self.torch_device())
+        path = self.checkpoint_path(key)
+        try:
+            ck = load_checkpoint(path, self.arch, self.arch_kwargs)
+        except ModelError as exc:
+            raise CodecError(f"codec {self.name}, rate point {key}: {exc}") from None
+        point = self.points[key]
+        loss = ck.meta.get("loss")
+        if self.expected_loss and loss and loss != self.expected_loss:
+            raise CodecError(
+                f"codec {self.name}: checkpoint {path} (rate point {key}) was trained with the {loss!r} objective, "
+                f"but adapter {self.expected_loss!r} expects {self.expected_loss!r} checkpoints; fix the card"
+            )
+        for name, said in (("lambda", point.lmbda), ("lambda2", point.lambda2)):
+            trained = ck.meta.get(name)
+            if said is not None and trained is not None and not math.isclose(float(said), float(trained), rel_tol=1e-6):
+                raise CodecError(
+                    f"codec {self.name}: rate point {key} says {name} {said} but checkpoint {path} was trained "
+                    f"with {name} {trained}; fix rate_points.{key}.{name}"
+                )
+        return ck.model.to(self.torch_device()).eval()
+
+    # ---- coding ------------------------------------------------------------------------------------
+    def _to_tensor(self, image: np.ndarray, multiple: int) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        from ..models.lic import pad_amounts
+
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise CodecError(f"{self.name}: expected an HxWx3 uint8 RGB image, got {image.shape} {image.dtype}")
+        x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div_(255.0)  # writable copy
+        ph, pw = pad_amounts(image.shape[0], image.shape[1], multiple)
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        return x.to(self.torch_device())
+
+    def encode(self, image: np.ndarray, quality: Any) -> Bitstream:
+        import torch
+
+        from ..models.lic import pad_multiple
+
+        key = self.validate_quality(quality)
+        model = self.model(key)
+        h, w = image.shape[:2]
+        x = self._to_tensor(image, pad_multiple(model))
+        with torch.no_grad():
+            out = model.compress(x)
+        strings = [[bytes(s) for s in group] for group in out["strings"]]
+        shape = tuple(int(d) for d in out["shape"])
+        data = pack_bitstream(self.keys.index(key), h, w, shape, strings)
+        return Bitstream(data, width=w, height=h, meta={"rate_point": key})
+
+    def decode(self, bitstream: Bitstream) -> np.ndarray:
+        import torch
+
+        u = unpack_bitstream(bitstream.data)
+        if u.position >= len(self.keys):
+            raise CodecError(f"{self.name}: bitstream names rate point #{u.position}, the card has {len(self.keys)}")
+        key = self.keys[u.position]
+        model = self.model(key)
+        with torch.no_grad():
+            x_hat = model.decompress(u.strings, u.shape)["x_hat"]
+        return to_image(x_hat, u.height, u.width)
+
+    def estimate(self, image: np.ndarray, quality: Any) -> dict[str, Any]:
+        """The model's forward pass (no entropy coding): likelihood bpp and the quantized reconstruction."""
+        import torch
+
+        from ..models.lic import pad_multiple
+
+        key = self.validate_quality(quality)
+        model = self.model(key)
+        h, w = image.shape[:2]
+        x = self._to_tensor(image, pad_multiple(model))
+        with torch.no_grad():
+            out = model(x)
+        bits = sum(float(-torch.log2(lik).sum()) for lik in out["likelihoods"].values())
+        return {"bpp": bits / (h * w), "bits": bits, "image": to_image(out["x_hat"].clamp(0, 1), h, w),
+                "x_hat": out["x_hat"]}  # fmt: skip
+
+
+def to_image(x_hat: Any, height: int, width: int) -> np.ndarray:
+    """(1, 3, H', W') tensor in [0, 1] -> cropped HxWx3 uint8."""
+    import torch
+
+    x = x_hat[0, :, :height, :width].clamp(0, 1).mul(255).round().to("cpu")
+    return x.permute(1, 2, 0).to(torch.uint8).numpy().copy()
+
+
+class LicCodec(LearnedCodec):
+    """Plain learned image codec (rate + λ·255²·MSE)."""
+
+    expected_loss = "lic"
+
+
+class ObjectICMCodec(LearnedCodec):
+    """Object-ICM: trained on MSE inside ground-truth object masks."""
+
+    expected_loss = "objicm"
+
+
+class SAICMCodec(LearnedCodec):
+    """SA-ICM (Shindo et al., ICIP 2024): trained on MSE on Segment Anything mask edges."""
+
+    expected_loss = "saicm"
+
+
+class TLICMCodec(LearnedCodec):
+    """Task-loss ICM: trained on MSE plus a feature loss through a frozen early part of the detector."""
+
+    expected_loss = "tlicm"

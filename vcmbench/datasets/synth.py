@@ -1,0 +1,107 @@
+"""The built-in synthetic dataset: generated on first use into the cache, then read as COCO.
+
+The generator (:mod:`vcmbench.synth`) writes the official COCO layout
+(``<root>/<split>/*.png`` + ``<root>/annotations/instances_<split>.json``, plus panoptic
+and SFU-HW-style clips), so everything after generation is the ordinary
+:class:`~vcmbench.datasets.coco.CocoDataset` code path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..cards import stable_hash
+from ..errors import DatasetLayoutError
+from ..synth.generate import GENERATOR_VERSION, SPLITS, SynthConfig, default_cache_root, ensure_split
+from .base import Item, read_rgb
+from .coco import CocoDataset
+
+__all__ = ["SynthDataset", "config_from_settings"]
+
+_GENERATOR_KEYS = ("seed", "width", "height", "images", "clips", "clip_frames", "clip_fps")
+
+
+def config_from_settings(settings: Mapping[str, Any]) -> SynthConfig:
+    """The :class:`SynthConfig` a card's settings describe (unknown keys are ignored here)."""
+    kw = {k: settings[k] for k in _GENERATOR_KEYS if k in settings and settings[k] is not None}
+    for key in ("images", "clips"):
+        if key in kw:
+            kw[key] = {str(s): int(n) for s, n in dict(kw[key]).items()}
+    return SynthConfig(**kw)
+
+
+class SynthDataset(CocoDataset):
+    """Synthetic images with COCO instances/panoptic ground truth and SFU-HW-style clips (see ``vcmbench.synth``)."""
+
+    location_settings: ClassVar[tuple[str, ...]] = ("root",)
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        split: str = "val",
+        seed: int = 0,
+        width: int = 320,
+        height: int = 240,
+        images: Mapping[str, int] | None = None,
+        clips: Mapping[str, int] | None = None,
+        clip_frames: int = 24,
+        clip_fps: int = 30,
+    ) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"synth: split must be one of {', '.join(SPLITS)}, got {split!r}")
+        settings = {"seed": seed, "width": width, "height": height, "images": images, "clips": clips,
+                    "clip_frames": clip_frames, "clip_fps": clip_fps}  # fmt: skip
+        self.config = config_from_settings(settings)
+        if self.config.count(split) < 1:
+            raise ValueError(f"synth: split {split!r} has no images (images: {dict(self.config.images)})")
+        self.cache = Path(root).expanduser() if root else default_cache_root()
+        super().__init__(self.config.root(self.cache), split=split, annotations=f"annotations/instances_{split}.json")
+
+    def identity(self) -> str:
+        return stable_hash({"class": "SynthDataset", "generator": GENERATOR_VERSION, "split": self.split,
+                            "config": self.config.as_dict()})  # fmt: skip
+
+    def ensure(self) -> Path:
+        """Generate the split (once; later calls find it in the cache) and return the dataset root."""
+        try:
+            return ensure_split(self.config, self.split, self.cache)
+        except OSError as exc:
+            raise DatasetLayoutError(
+                f"dataset {self.name}: cannot generate the synthetic split {self.split!r} in {self.cache} ({exc}). "
+                "Fix: set VCMBENCH_CACHE (or `root:` in datasets/synth.yaml) to a writable folder"
+            ) from None
+
+    def check(self) -> None:
+        self.ensure()
+        super().check()
+
+    def load_image(self, item: Item) -> np.ndarray:
+        path = item.path
+        if not path.exists():  # a worker with another (or a cleaned) cache: generate the split there
+            path = self.ensure() / self.split / item.path.name
+        return read_rgb(path, item.id)
+
+    # ---- the other ground truths ---------------------------------------------------------------------
+    @property
+    def panoptic_json(self) -> Path:
+        return self.root / "annotations" / f"panoptic_{self.split}.json"
+
+    @property
+    def panoptic_dir(self) -> Path:
+        return self.root / "annotations" / f"panoptic_{self.split}"
+
+    @property
+    def sfu_hw_root(self) -> Path:
+        """Root of the clips in the SFU-HW-Objects-v1 layout (``ClassS/...``)."""
+        return self.root / "sfu_hw" / self.split
+
+    def clips(self) -> list[dict[str, Any]]:
+        """Clip descriptions (file, size, frames, fps, per-frame labels) from ``annotations/clips_<split>.json``."""
+        self.ensure()
+        data = json.loads((self.root / "annotations" / f"clips_{self.split}.json").read_text())
+        return [dict(c, path=str(self.root / c["file"])) for c in data["clips"]]
