@@ -117,7 +117,7 @@ def test_resume_after_sigkill_recomputes_nothing_finished(tmp_path: Path, coco_m
 
 
 def test_unknown_names_are_refused_with_did_you_mean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for flag, bad, good in (("--codec", "vvenv", "vvenc"), ("--task", "yolov6", "yolov5"), ("--dataset", "cocoo", "coco")):
+    for flag, bad, good in (("--codec", "vvenv", "vvenc"), ("--task", "yolov5x", "yolov5"), ("--dataset", "cocoo", "coco")):
         rc = main(["run", flag, bad, "--out", str(tmp_path / "o"), "--no-progress"])
         err = capsys.readouterr().err
         assert rc == 2

@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a card setting, e.g. --set yolov5.weights=/w/yolov5n.pt (repeatable)")
     r.add_argument("--cards", action="append", default=[], metavar="DIR", help="extra card folder (repeatable)")
     r.add_argument("--out", default="results", help="output folder: database, bitstream cache, run tables")
+    r.add_argument("--classes", type=_csv, default=None, metavar="C,D",
+                   help="sequence classes of a video dataset (sfu_hw: A, B, C, D, E) [all present]")
     r.add_argument("--workers", type=int, default=None, help="parallel encodes/decodes [all cores]")
     r.add_argument("--batch-size", type=int, default=None, help="images per inference batch [task card]")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -235,6 +237,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        classes=args.classes,
         executor=args.executor,
         address=args.address,
         ray_options=_ray_options(args),

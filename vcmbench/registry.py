@@ -124,5 +124,7 @@ DATASETS.register("coco", "vcmbench.datasets.coco:CocoDataset")
 DATASETS.register("synth", "vcmbench.datasets.synth:SynthDataset")
 DATASETS.register("visdrone", "vcmbench.datasets.visdrone:VisDroneDataset")
 DATASETS.register("cityscapes", "vcmbench.datasets.cityscapes:CityscapesDataset")
+DATASETS.register("sfu_hw", "vcmbench.datasets.sfu_hw:SfuHwDataset")
+DATASETS.register("synth_clips", "vcmbench.datasets.synth:SynthClipsDataset")
 
 REGISTRIES: dict[str, Registry[type]] = {"codec": CODECS, "task": TASKS, "dataset": DATASETS}

@@ -33,6 +33,7 @@ import numpy as np
 from .cards import Card, CardError, CardSet, stable_hash
 from .codecs.base import Bitstream, Codec
 from .datasets.base import Dataset, Item
+from .datasets.video import FRAME_SEP
 from .errors import VcmbenchError
 from .executors.base import (
     DecodeJob,
@@ -79,6 +80,8 @@ class RunConfig:
     batch_size: int | None = None
     reference: bool = True
     progress: bool = True
+    #: sequence classes of video datasets that have them (SFU-HW: A..E), e.g. ["C", "D"]
+    classes: list[str] | None = None
     #: "local" (threads in this process) or "ray" (tasks and actors on a Ray cluster)
     executor: str = "local"
     #: Ray cluster to join: None starts one on this machine, "auto", or "HOST:PORT"
@@ -151,6 +154,21 @@ def _build(card: Card) -> Any:
         raise CardError(f"{card.path}: {card.kind} {card.name!r}: {exc}") from None
 
 
+def _check_media(codecs: dict[str, tuple[Codec, list[Any]]], tasks: dict[str, Task],
+                 datasets: dict[str, tuple[Dataset, list[Item], list[str]]]) -> None:  # fmt: skip
+    """Every codec and task of the run can handle every dataset's items (images or clips)."""
+    for ds_name, (ds, _, _) in datasets.items():
+        what = "clips" if ds.media == "video" else "images"
+        for name, (codec, _) in codecs.items():
+            if ds.media not in codec.media:
+                raise CardError(f"codec {name} codes {' and '.join(codec.media)}s; dataset {ds_name} holds {what}: "
+                                f"leave one of them out (video codecs: nerv, sanerv, vvenc, x265, vtm)")  # fmt: skip
+        for name, task in tasks.items():
+            if ds.media not in task.media:
+                raise CardError(f"task {name} scores images only; dataset {ds_name} holds {what}: frames of clips "
+                                "are scored by the detection tasks (yolov5, yolov7, synth_det, mask_rcnn)")  # fmt: skip
+
+
 #: (unit, item, item sha256, prediction key)
 _Job = tuple[WorkUnit, Item, str, str]
 
@@ -195,7 +213,11 @@ class Runner:
             if card.kind == "dataset":
                 root = cfg.data_roots.get(name, cfg.data_roots.get("*"))
                 if root:
-                    chosen[name] = card.with_settings(root=str(root))
+                    chosen[name] = card = card.with_settings(root=str(root))
+                if cfg.classes:
+                    if "classes" not in card.settings:
+                        raise CardError(f"--classes: dataset {name} has no sequence classes (sfu_hw has: A..E)")
+                    chosen[name] = card.with_settings(classes=list(cfg.classes))
         unknown_q = set(cfg.qualities) - {"*"} - set(cfg.codecs)
         if unknown_q:
             raise CardError(f"--quality given for codec(s) not in the run: {sorted(unknown_q)}")
@@ -210,7 +232,7 @@ class Runner:
             items = ds.items(limit=cfg.limit, ids=cfg.ids, exclude=cfg.exclude)
             if not items:
                 raise VcmbenchError(f"dataset {name}: the selection is empty")
-            shas = [self.store.file_sha256(it.path) for it in items]
+            shas = [ds.content_hash(it, self.store.file_sha256(it.path)) for it in items]
             datasets[name] = (ds, items, shas)
         codecs = {}
         for name in cfg.codecs:
@@ -225,6 +247,7 @@ class Runner:
                 task.batch_size = cfg.batch_size
             task.identity()  # resolves weights now: a missing file is an error before any work
             tasks[name] = task
+        _check_media(codecs, tasks, datasets)
         return _Resolved(codecs, tasks, datasets, chosen)
 
     def make_executor(self) -> Executor:
@@ -387,10 +410,13 @@ class Runner:
         """Decode and predict every pending image of one task, committing batch by batch."""
         task = res.tasks[task_name]
         where = {key: (u, item, sha, key) for u, item, sha, key in work}
-        self.log(f"{task_name}: {len(work)} images to infer")
+        self.log(f"{task_name}: {len(work)} {'clips' if any(res.datasets[u.dataset][0].media == 'video' for u, _, _, _ in work) else 'images'} to infer")
         bar = _progress(None, self.config.progress, total=len(work), desc=f"infer {task_name}")
         failed = 0
-        for br in executor.infer(res.cards[task_name], self._decode_jobs(work, res), task.batch_size):
+        # a clip is predicted frame by frame, task.batch_size frames at a time: one clip per batch keeps
+        # one decoded clip (plus those decoded ahead) in memory
+        clips = any(res.datasets[u.dataset][0].media == "video" for u, _, _, _ in work)
+        for br in executor.infer(res.cards[task_name], self._decode_jobs(work, res), 1 if clips else task.batch_size):
             rows = []
             stats = []
             for job, pred, err, dec, secs in zip(br.jobs, br.preds, br.errors, br.decode, br.infer_s, strict=True):
@@ -438,6 +464,22 @@ class Runner:
         # the tidy table is read back from the store: one code path for fresh and cached units
         return self.store.tidy_rows(run_id)
 
+    @staticmethod
+    def _evaluate_frames(task: Task, ds: Any, items: Sequence[Item], done: dict[str, Any]) -> dict[str, float]:
+        """A clip dataset: score the labelled frames of every clip, then each of the dataset's groups
+        (each clip, each class) alone, reported as ``<metric>/<group>`` for the task's headline metrics."""
+        frames = ds.frame_predictions(done)
+        metrics = task.evaluate(frames, ds)
+        scored = [it for it in items if it.id in done]
+        for group, ids in ds.groups(scored).items():
+            wanted = set(ids)
+            sub = {k: v for k, v in frames.items() if k.rpartition(FRAME_SEP)[0] in wanted}
+            if not sub:
+                continue
+            part = task.evaluate(sub, ds)
+            metrics.update({f"{m}/{group}": part[m] for m in task.metrics if m in part})
+        return metrics
+
     def _evaluate_unit(self, u: WorkUnit, res: _Resolved, run_id: str | None) -> None:
         ds, items, shas = res.datasets[u.dataset]
         task = res.tasks[u.task]
@@ -451,13 +493,15 @@ class Runner:
                 done[item.id] = json.loads(row["preds"])
             else:
                 failed.append(item.id)
-        if done:
+        if done and ds.media == "video":
+            metrics = self._evaluate_frames(task, ds, items, done)
+        elif done:
             metrics = task.evaluate(done, ds)
         else:
             metrics = {m: float("nan") for m in task.metrics}
         self.work["evaluations"] += 1
         rate: dict[str, Any] = {"nbytes": None, "pixels": None, "bpp": None, "bpp_mean": None, "psnr": None,
-                                "encode_s": None, "decode_s": None}  # fmt: skip
+                                "encode_s": None, "decode_s": None, "kbps": None}  # fmt: skip
         done_keys = [preds[k]["encode_key"] for k, it in zip(keys, items, strict=True) if it.id in done]
         if not u.is_reference and done_keys:
             enc = self.store.encode_records(done_keys)
@@ -470,6 +514,7 @@ class Runner:
                 "bpp_mean": float(np.mean([8.0 * (r.nbytes or 0) / p for r, p in zip(recs, pix, strict=True)])),
                 "psnr": float(np.mean(psnrs)) if psnrs else None,
                 "encode_s": sum(r.encode_s or 0.0 for r in recs), "decode_s": sum(r.decode_s or 0.0 for r in recs),
+                "kbps": _kbps(recs),
             }  # fmt: skip
         infer = [preds[k]["infer_s"] for k in keys if k in preds and preds[k]["infer_s"] is not None]
         self.store.put_evaluation(
@@ -485,6 +530,15 @@ class Runner:
                 f"{u.label()}: {len(failed)} of {len(items)} items failed and are left out of its metrics "
                 f"({', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''}); rerun to retry them"
             )
+
+
+def _kbps(recs: Sequence[Any]) -> float | None:
+    """Bit rate of coded clips at their frame rates: all bits over the clips' total duration (None for images)."""
+    fps = [r.meta.get("fps") for r in recs]
+    if not recs or any(not f for f in fps):
+        return None
+    seconds = sum((r.frames or 1) / float(f) for r, f in zip(recs, fps, strict=True))
+    return 8.0 * sum(r.nbytes or 0 for r in recs) / seconds / 1000.0
 
 
 def run(config: RunConfig, log: Callable[[str], None] | None = None) -> RunReport:

@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     key TEXT PRIMARY KEY, dataset TEXT, dataset_id TEXT, task TEXT, task_id TEXT, codec TEXT, codec_id TEXT,
     quality TEXT, n_items INTEGER, n_failed INTEGER, nbytes INTEGER, pixels INTEGER, bpp REAL, bpp_mean REAL,
     psnr REAL, encode_s REAL, decode_s REAL, infer_s REAL, metrics TEXT, headline TEXT, failed_items TEXT, pred_keys TEXT,
-    run_id TEXT, updated REAL
+    run_id TEXT, updated REAL, kbps REAL
 );
 CREATE TABLE IF NOT EXISTS run_units (
     run_id TEXT, position INTEGER, eval_key TEXT, PRIMARY KEY (run_id, eval_key)
@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS file_hashes (
 
 TIDY_COLUMNS = [
     "run_id", "dataset", "task", "codec", "quality", "metric", "headline", "value", "bpp", "bpp_mean", "psnr",
-    "n_items", "n_failed", "nbytes", "pixels", "encode_s", "decode_s", "infer_s",
+    "n_items", "n_failed", "nbytes", "pixels", "kbps", "encode_s", "decode_s", "infer_s",
     "codec_id", "task_id", "dataset_id",
 ]  # fmt: skip
 
@@ -88,6 +88,13 @@ class Store:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added after a store was first written (old stores keep working, the column is empty)."""
+        have = {r["name"] for r in self.conn.execute("PRAGMA table_info(evaluations)")}
+        if "kbps" not in have:  # bit rate of clips at their frame rate (video datasets)
+            self.conn.execute("ALTER TABLE evaluations ADD COLUMN kbps REAL")
 
     def close(self) -> None:
         self.conn.close()
@@ -260,7 +267,7 @@ class Store:
                         "quality": r["quality"], "metric": metric, "headline": metric in headline,
                         "value": value, "bpp": r["bpp"],
                         "bpp_mean": r["bpp_mean"], "psnr": r["psnr"], "n_items": r["n_items"],
-                        "n_failed": r["n_failed"], "nbytes": r["nbytes"], "pixels": r["pixels"],
+                        "n_failed": r["n_failed"], "nbytes": r["nbytes"], "pixels": r["pixels"], "kbps": r["kbps"],
                         "encode_s": r["encode_s"], "decode_s": r["decode_s"], "infer_s": r["infer_s"],
                         "codec_id": r["codec_id"], "task_id": r["task_id"], "dataset_id": r["dataset_id"],
                     }

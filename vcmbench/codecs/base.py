@@ -68,6 +68,8 @@ class Codec(ABC):
     location_settings: ClassVar[tuple[str, ...]] = ()
     #: True for codecs that spawn external processes (run many at once, one thread each)
     external: ClassVar[bool] = False
+    #: what the codec codes: "image" (H x W x 3 arrays) and/or "video" (:class:`~vcmbench.video.Clip`)
+    media: ClassVar[tuple[str, ...]] = ("image",)
 
     name: str = "codec"
     card_digest: str = ""
@@ -110,12 +112,12 @@ class Codec(ABC):
         return q
 
     @abstractmethod
-    def encode(self, image: np.ndarray, quality: Any) -> Bitstream:
-        """Encode an HxWx3 uint8 RGB image."""
+    def encode(self, image: Any, quality: Any) -> Bitstream:
+        """Encode an HxWx3 uint8 RGB image (or, for a codec whose ``media`` has "video", a Clip)."""
 
     @abstractmethod
-    def decode(self, bitstream: Bitstream) -> np.ndarray:
-        """Return the HxWx3 uint8 RGB reconstruction, cropped to the original size."""
+    def decode(self, bitstream: Bitstream) -> Any:
+        """Return the HxWx3 uint8 RGB reconstruction (or the Clip), cropped to the original size."""
 
 
 class Uncompressed(Codec):

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import CodecError
+from ..video import Clip, clip_to_yuv_bytes, yuv_bytes_to_frames
 from .base import Bitstream, Codec, read_output, run_process
 from .yuv import YUVFormat, frame_bytes, padded_size, rgb_to_yuv_bytes, yuv_bytes_to_rgb
 
@@ -27,49 +28,91 @@ class ExternalCodec(Codec):
     timeout: float | None = None
 
 
+#: coding structures of a clip: all intra, random access (hierarchical B, an intra picture about once a
+#: second), low delay (one intra picture, then pictures predicted from the past only)
+VIDEO_CONFIGS = ("ai", "ra", "ld")
+
+
 class YUVCodec(ExternalCodec):
-    """An external encoder/decoder pair working on planar 4:2:0 YUV files (the shared colour path)."""
+    """An external encoder/decoder pair working on planar 4:2:0 YUV files (the shared colour path).
 
+    Images are coded as one intra picture. Clips (:class:`~vcmbench.video.Clip`) are written frame
+    after frame into one YUV file and coded with the structure ``video_config`` names (``ai``,
+    ``ra``, ``ld``); ``intra_period`` (frames, random access only) defaults to the multiple of the
+    encoder's GOP size nearest to one second at the clip's frame rate, as the common test conditions
+    of JVET and MPEG VCM choose it.
+    """
+
+    media = ("image", "video")
     bitstream_suffix: ClassVar[str] = ".bin"
+    #: GOP size of the random-access structure (intra periods are multiples of it)
+    ra_gop_size: ClassVar[int] = 16
 
-    def __init__(self, matrix: str = "bt601", full_range: bool = True, bit_depth: int = 10) -> None:
+    def __init__(self, matrix: str = "bt601", full_range: bool = True, bit_depth: int = 10,
+                 video_config: str = "ra", intra_period: int | None = None) -> None:  # fmt: skip
         self.fmt = YUVFormat(matrix=matrix, full_range=full_range, bit_depth=bit_depth)
+        if video_config not in VIDEO_CONFIGS:
+            raise ValueError(f"video_config must be one of {', '.join(VIDEO_CONFIGS)}, got {video_config!r}")
+        if intra_period is not None and int(intra_period) < 1:
+            raise ValueError(f"intra_period must be a positive number of frames (or null: auto), got {intra_period}")
+        self.video_config = video_config
+        self._intra_period = None if intra_period is None else int(intra_period)
+
+    def intra_period(self, fps: float) -> int:
+        """Frames between intra pictures in random access: the card's, or ~1 s rounded to the GOP size."""
+        if self._intra_period is not None:
+            return self._intra_period
+        g = self.ra_gop_size
+        return max(g, int(round(float(fps) / g)) * g)
 
     @abstractmethod
-    def encode_command(self, src: Path, dst: Path, width: int, height: int, quality: Any) -> list[str]:
-        """Command that encodes the padded YUV file ``src`` (``width`` x ``height``) into ``dst``."""
+    def encode_command(self, src: Path, dst: Path, width: int, height: int, quality: Any,
+                       frames: int = 1, fps: float = 1.0) -> list[str]:  # fmt: skip
+        """Command that encodes the padded YUV file ``src`` (``frames`` of ``width`` x ``height``) into ``dst``.
+
+        ``frames == 1`` is a still image (intra); more frames are a clip coded with ``video_config``.
+        """
 
     @abstractmethod
     def decode_command(self, src: Path, dst: Path, width: int, height: int) -> list[str]:
         """Command that decodes bitstream ``src`` into the planar YUV file ``dst``."""
 
-    def encode(self, image: np.ndarray, quality: Any) -> Bitstream:
+    def encode(self, image: np.ndarray | Clip, quality: Any) -> Bitstream:
         q = self.validate_quality(quality)
-        h, w = image.shape[:2]
+        clip = image if isinstance(image, Clip) else None
+        frames = clip.num_frames if clip else 1
+        fps = float(clip.fps) if clip else 1.0
+        h, w = (clip.height, clip.width) if clip else image.shape[:2]
         pw, ph = padded_size(w, h)
         with tempfile.TemporaryDirectory(prefix=f"vcmbench-{self.name}-") as tmp:
             src = Path(tmp) / "in.yuv"
             dst = Path(tmp) / f"out{self.bitstream_suffix}"
-            src.write_bytes(rgb_to_yuv_bytes(image, self.fmt))
-            what = f"{self.name} encode ({self.quality_name} {q}, {w}x{h})"
-            res = run_process(self.encode_command(src, dst, pw, ph, q), what, cwd=Path(tmp), timeout=self.timeout)
+            src.write_bytes(clip_to_yuv_bytes(clip, self.fmt) if clip else rgb_to_yuv_bytes(image, self.fmt))
+            what = f"{self.name} encode ({self.quality_name} {q}, {w}x{h}" + (
+                f", {frames} frames, {self.video_config})" if clip else ")")
+            cmd = self.encode_command(src, dst, pw, ph, q, frames=frames, fps=fps)
+            res = run_process(cmd, what, cwd=Path(tmp), timeout=self.timeout)
             data = read_output(dst, what, res.stderr)
-        return Bitstream(data, width=w, height=h)
+        meta = {"fps": fps, "video_config": self.video_config} if clip else {}
+        return Bitstream(data, width=w, height=h, frames=frames, meta=meta)
 
-    def decode(self, bitstream: Bitstream) -> np.ndarray:
-        w, h = bitstream.width, bitstream.height
+    def decode(self, bitstream: Bitstream) -> np.ndarray | Clip:
+        w, h, n = bitstream.width, bitstream.height, max(1, bitstream.frames)
         pw, ph = padded_size(w, h)
         with tempfile.TemporaryDirectory(prefix=f"vcmbench-{self.name}-") as tmp:
             src = Path(tmp) / f"in{self.bitstream_suffix}"
             dst = Path(tmp) / "dec.yuv"
             src.write_bytes(bitstream.data)
-            what = f"{self.name} decode ({w}x{h})"
+            what = f"{self.name} decode ({w}x{h}" + (f", {n} frames)" if n > 1 else ")")
             res = run_process(self.decode_command(src, dst, pw, ph), what, cwd=Path(tmp), timeout=self.timeout)
             data = read_output(dst, what, res.stderr)
         expected = frame_bytes(w, h, self.fmt)
-        if len(data) < expected:
+        if len(data) < n * expected:
             raise CodecError(
-                f"{self.name} decode: decoder wrote {len(data)} bytes, a {pw}x{ph} 4:2:0 "
-                f"{self.fmt.bit_depth}-bit picture needs {expected}"
+                f"{self.name} decode: decoder wrote {len(data)} bytes, {n} {pw}x{ph} 4:2:0 "
+                f"{self.fmt.bit_depth}-bit picture(s) need {n * expected}"
             )
+        if bitstream.frames > 1 or "fps" in bitstream.meta:
+            fps = float(bitstream.meta.get("fps", 1.0))
+            return Clip(yuv_bytes_to_frames(data, w, h, n, self.fmt), fps)
         return yuv_bytes_to_rgb(data[:expected], w, h, self.fmt)

@@ -1,4 +1,4 @@
-"""VVC (VVenC) and HEVC (x265) intra coding through an ffmpeg binary.
+"""VVC (VVenC) and HEVC (x265) through an ffmpeg binary: images all-intra, clips AI / RA / LD.
 
 The default binary is the one shipped by ``imageio-ffmpeg`` (built with
 ``--enable-libvvenc`` and libx265); decoding uses ffmpeg's native VVC and HEVC
@@ -57,8 +57,11 @@ class FFmpegCodec(YUVCodec):
         matrix: str = "bt601",
         full_range: bool = True,
         bit_depth: int = 10,
+        video_config: str = "ra",
+        intra_period: int | None = None,
     ) -> None:
-        super().__init__(matrix=matrix, full_range=full_range, bit_depth=bit_depth)
+        super().__init__(matrix=matrix, full_range=full_range, bit_depth=bit_depth, video_config=video_config,
+                         intra_period=intra_period)  # fmt: skip
         self._ffmpeg = ffmpeg
         self.threads = threads
 
@@ -74,11 +77,11 @@ class FFmpegCodec(YUVCodec):
     def version(self) -> str:
         return _ffmpeg_version(self.ffmpeg)
 
-    def _input_args(self, src: Path, width: int, height: int) -> list[str]:
+    def _input_args(self, src: Path, width: int, height: int, frames: int = 1, fps: float = 1.0) -> list[str]:
         return [
             self.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", self.fmt.ffmpeg_pix_fmt, "-s", f"{width}x{height}", "-r", "1",
-            "-i", str(src), "-frames:v", "1", "-threads", str(self.threads),
+            "-f", "rawvideo", "-pix_fmt", self.fmt.ffmpeg_pix_fmt, "-s", f"{width}x{height}", "-r", f"{fps:g}",
+            "-i", str(src), "-frames:v", str(frames), "-threads", str(self.threads),
         ]  # fmt: skip
 
     def decode_command(self, src: Path, dst: Path, width: int, height: int) -> list[str]:
@@ -90,7 +93,7 @@ class FFmpegCodec(YUVCodec):
 
 
 class VVenCCodec(FFmpegCodec):
-    """VVC all-intra with VVenC (``-qpa 0``: perceptual QP adaptation off, as in the VCM anchors)."""
+    """VVC with VVenC (``-qpa 0``: perceptual QP adaptation off, as in the VCM anchors); images all-intra."""
 
     quality_range = (0, 63)
     quality_name = "QP"
@@ -105,16 +108,32 @@ class VVenCCodec(FFmpegCodec):
         self.preset = preset
         self.qpa = qpa
 
-    def encode_command(self, src: Path, dst: Path, width: int, height: int, quality: Any) -> list[str]:
+    def vvenc_params(self, frames: int, fps: float) -> str | None:
+        """``-vvenc-params`` of a clip's coding structure (None for a still image).
+
+        VVenC's own GOP sizes and intra periods are set explicitly: through ffmpeg, an ``IntraPeriod``
+        without a ``GOPSize`` can make libvvenc write nothing at all (exit code 0).
+        """
+        if frames <= 1:
+            return None
+        if self.video_config == "ai":
+            return "IntraPeriod=1"
+        if self.video_config == "ld":  # one intra picture, then pictures referring to the past only
+            return "PicReordering=0:GOPSize=8:DecodingRefreshType=none:IntraPeriod=-1"
+        return f"GOPSize={self.ra_gop_size}:IntraPeriod={self.intra_period(fps)}"
+
+    def encode_command(self, src: Path, dst: Path, width: int, height: int, quality: Any,
+                       frames: int = 1, fps: float = 1.0) -> list[str]:  # fmt: skip
+        params = self.vvenc_params(frames, fps)
         return [
-            *self._input_args(src, width, height),
+            *self._input_args(src, width, height, frames, fps),
             "-c:v", "libvvenc", "-preset", self.preset, "-qp", str(quality), "-qpa", str(int(self.qpa)),
-            "-period", "1", "-f", "vvc", str(dst),
+            "-period", "1", *(["-vvenc-params", params] if params else []), "-f", "vvc", str(dst),
         ]  # fmt: skip
 
 
 class X265Codec(FFmpegCodec):
-    """HEVC intra with x265 (``keyint=1``; ``info=0`` drops the ~2 kB encoder-info SEI)."""
+    """HEVC with x265: images intra (``keyint=1``); ``info=0`` drops the ~2 kB encoder-info SEI."""
 
     quality_range = (0, 51)
     quality_name = "QP"
@@ -125,9 +144,21 @@ class X265Codec(FFmpegCodec):
         super().__init__(**kwargs)
         self.preset = preset
 
-    def encode_command(self, src: Path, dst: Path, width: int, height: int, quality: Any) -> list[str]:
-        params = f"qp={quality}:keyint=1:info=0:pools={self.threads}:frame-threads=1:log-level=error"
+    def gop_params(self, frames: int, fps: float) -> str:
+        """x265's GOP settings: intra only for images and ``ai``; for ``ra`` a closed intra period of
+        ~1 s with x265's default B-frame pyramid; for ``ld`` one intra picture then P pictures only."""
+        if frames <= 1 or self.video_config == "ai":
+            return "keyint=1"
+        if self.video_config == "ld":
+            return "keyint=-1:bframes=0:scenecut=0"
+        ip = self.intra_period(fps)
+        return f"keyint={ip}:min-keyint={ip}:scenecut=0"
+
+    def encode_command(self, src: Path, dst: Path, width: int, height: int, quality: Any,
+                       frames: int = 1, fps: float = 1.0) -> list[str]:  # fmt: skip
+        params = (f"qp={quality}:{self.gop_params(frames, fps)}:info=0:pools={self.threads}:frame-threads=1:"
+                  "log-level=error")  # fmt: skip
         return [
-            *self._input_args(src, width, height),
+            *self._input_args(src, width, height, frames, fps),
             "-c:v", "libx265", "-preset", self.preset, "-x265-params", params, "-f", "hevc", str(dst),
         ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""VVC with the JVET reference software VTM (EncoderApp / DecoderApp), all-intra.
+"""VVC with the JVET reference software VTM (EncoderApp / DecoderApp): images all-intra, clips AI / RA / LD.
 
 Bross et al., "Overview of the Versatile Video Coding (VVC) Standard and its
 Applications", IEEE TCSVT 2021; VTM from https://vcgit.hhi.fraunhofer.de/jvet/VVCSoftware_VTM.
@@ -20,6 +20,9 @@ from ..errors import BinaryNotFoundError
 from .base import find_executable
 from .external import YUVCodec
 
+#: the configuration file of each coding structure of a clip (in VTM's cfg/); images use ``cfg_name``
+VIDEO_CFG_NAMES = {"ai": "encoder_intra_vtm.cfg", "ra": "encoder_randomaccess_vtm.cfg",
+                   "ld": "encoder_lowdelay_vtm.cfg"}  # fmt: skip
 ENCODER_NAMES = ("EncoderAppStatic", "EncoderApp")
 DECODER_NAMES = ("DecoderAppStatic", "DecoderApp")
 
@@ -44,6 +47,8 @@ class VTMCodec(YUVCodec):
     quality_name = "QP"
     bitstream_suffix = ".vvc"
     location_settings = ("vtm_dir", "encoder", "decoder", "cfg")
+    #: GOP size of VTM's random-access configuration
+    ra_gop_size = 32
 
     def __init__(
         self,
@@ -57,8 +62,11 @@ class VTMCodec(YUVCodec):
         full_range: bool = True,
         bit_depth: int = 10,
         timeout: float | None = None,
+        video_config: str = "ra",
+        intra_period: int | None = None,
     ) -> None:
-        super().__init__(matrix=matrix, full_range=full_range, bit_depth=bit_depth)
+        super().__init__(matrix=matrix, full_range=full_range, bit_depth=bit_depth, video_config=video_config,
+                         intra_period=intra_period)  # fmt: skip
         self.vtm_dir = vtm_dir
         self._encoder = encoder
         self._decoder = decoder
@@ -106,29 +114,48 @@ class VTMCodec(YUVCodec):
 
     @property
     def cfg(self) -> Path:
+        """The configuration of still images: ``cfg`` or ``cfg_name`` in VTM's cfg/ folder."""
+        return Path(self._cfg).expanduser() if self._cfg else self._find_cfg(self.cfg_name)
+
+    def video_cfg(self) -> Path:
+        """The configuration of clips, by ``video_config`` (found beside the images' one)."""
+        return self._find_cfg(VIDEO_CFG_NAMES[self.video_config])
+
+    def _find_cfg(self, name: str) -> Path:
+        enc = self.encoder
+        root = self._root()
+        tries = ([root / "cfg"] if root else []) + [p / "cfg" for p in enc.parents]
         if self._cfg:
-            p = Path(self._cfg).expanduser()
-        else:
-            enc = self.encoder
-            root = self._root()
-            tries = ([root / "cfg"] if root else []) + [p / "cfg" for p in enc.parents]
-            p = next((t / self.cfg_name for t in tries if (t / self.cfg_name).is_file()), tries[0] / self.cfg_name)
+            tries.insert(0, Path(self._cfg).expanduser().parent)
+        p = next((t / name for t in tries if (t / name).is_file()), tries[0] / name)
         if not p.is_file():
             raise BinaryNotFoundError(f"{self.name}: VTM configuration {p} not found; {self._hint()}")
         return p
 
     def version(self) -> str:
         """The exact encoder, decoder and cfg files (hashes): a rebuilt VTM is a new codec version."""
-        return f"vtm enc={_sha256(self.encoder)} dec={_sha256(self.decoder)} cfg={_sha256(self.cfg)}"
+        v = f"vtm enc={_sha256(self.encoder)} dec={_sha256(self.decoder)} cfg={_sha256(self.cfg)}"
+        try:  # clips use the cfg of their structure: it is part of the version where it exists
+            v += f" {self.video_config}={_sha256(self.video_cfg())}"
+        except BinaryNotFoundError:
+            pass
+        return v
 
     # ---- command lines -------------------------------------------------------------------------
-    def encode_command(self, src: Path, dst: Path, width: int, height: int, quality: Any) -> list[str]:
+    def encode_command(self, src: Path, dst: Path, width: int, height: int, quality: Any,
+                       frames: int = 1, fps: float = 1.0) -> list[str]:  # fmt: skip
         bd = self.fmt.bit_depth
+        if frames <= 1:
+            cfg, structure = self.cfg, []
+        else:  # the intra cfg codes only every 8th frame of a sequence (TemporalSubsampleRatio 8): code all
+            cfg = self.video_cfg()
+            structure = {"ai": ["--TemporalSubsampleRatio=1"], "ld": [],
+                         "ra": [f"--IntraPeriod={self.intra_period(fps)}"]}[self.video_config]  # fmt: skip
         return [
-            str(self.encoder), "-c", str(self.cfg), "-i", str(src), "-wdt", str(width), "-hgt", str(height),
-            "-fr", "1", "-f", "1", f"--InputBitDepth={bd}", f"--OutputBitDepth={bd}", f"--InternalBitDepth={bd}",
-            "--InputChromaFormat=420", "-q", str(quality), "-b", str(dst), "-o", "",
-            *self.extra_args,
+            str(self.encoder), "-c", str(cfg), "-i", str(src), "-wdt", str(width), "-hgt", str(height),
+            "-fr", str(max(1, round(fps))), "-f", str(frames), f"--InputBitDepth={bd}", f"--OutputBitDepth={bd}",
+            f"--InternalBitDepth={bd}", "--InputChromaFormat=420", "-q", str(quality), "-b", str(dst), "-o", "",
+            *structure, *self.extra_args,
         ]  # fmt: skip
 
     def decode_command(self, src: Path, dst: Path, width: int, height: int) -> list[str]:

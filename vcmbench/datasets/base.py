@@ -53,6 +53,8 @@ class Dataset(ABC):
     """Base of dataset adapters. ``check()`` validates the layout before any work starts."""
 
     location_settings: ClassVar[tuple[str, ...]] = ("root",)
+    #: what the items are: "image" (``load_image`` gives H x W x 3) or "video" (it gives a Clip)
+    media: ClassVar[str] = "image"
     name: str = "dataset"
     card_settings: Mapping[str, Any] = {}
 
@@ -96,8 +98,14 @@ class Dataset(ABC):
             items = items[:limit]
         return items
 
-    def load_image(self, item: Item) -> np.ndarray:
+    def load_image(self, item: Item) -> Any:
+        """The item's pixels: an H x W x 3 uint8 RGB image (a :class:`~vcmbench.video.Clip` for video datasets)."""
         return read_rgb(item.path, item.id)
+
+    def content_hash(self, item: Item, file_sha: str) -> str:
+        """What identifies the item's pixels in cache keys: its file's sha256, plus, where an item is
+        part of a file (a frame range of a sequence), what selects that part."""
+        return file_sha
 
     @staticmethod
     def missing_error(name: str, root: Path, missing: Sequence[Path], expected: str, fix: str) -> DatasetLayoutError:

@@ -17,11 +17,20 @@ import numpy as np
 
 from ..cards import stable_hash
 from ..errors import DatasetLayoutError
-from ..synth.generate import GENERATOR_VERSION, SPLITS, SynthConfig, default_cache_root, ensure_split
+from ..synth.generate import (
+    GENERATOR_VERSION,
+    SPLITS,
+    THINGS,
+    YUV_FORMAT,
+    SynthConfig,
+    default_cache_root,
+    ensure_split,
+)
 from .base import Item, read_rgb
 from .coco import CocoDataset
+from .sfu_hw import SfuHwDataset
 
-__all__ = ["SynthDataset", "config_from_settings"]
+__all__ = ["SynthClipsDataset", "SynthDataset", "config_from_settings"]
 
 _GENERATOR_KEYS = ("seed", "width", "height", "images", "clips", "clip_frames", "clip_fps")
 
@@ -78,6 +87,7 @@ class SynthDataset(CocoDataset):
 
     def check(self) -> None:
         self.ensure()
+        self.images.ensure()
         super().check()
 
     def load_image(self, item: Item) -> np.ndarray:
@@ -100,8 +110,50 @@ class SynthDataset(CocoDataset):
         """Root of the clips in the SFU-HW-Objects-v1 layout (``ClassS/...``)."""
         return self.root / "sfu_hw" / self.split
 
+    def ensure_clips_json(self) -> Path:
+        """``annotations/clips_<split>.json``, the split generated first if needed."""
+        self.ensure()
+        return self.root / "annotations" / f"clips_{self.split}.json"
+
     def clips(self) -> list[dict[str, Any]]:
         """Clip descriptions (file, size, frames, fps, per-frame labels) from ``annotations/clips_<split>.json``."""
         self.ensure()
         data = json.loads((self.root / "annotations" / f"clips_{self.split}.json").read_text())
         return [dict(c, path=str(self.root / c["file"])) for c in data["clips"]]
+
+
+class SynthClipsDataset(SfuHwDataset):
+    """The synth clips (``ClassS``: things moving, spinning, occluding each other and leaving the picture),
+    read through the SFU-HW-Objects-v1 code path: generated on first use like :class:`SynthDataset`."""
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        split: str = "val",
+        seed: int = 0,
+        width: int = 320,
+        height: int = 240,
+        images: Mapping[str, int] | None = None,
+        clips: Mapping[str, int] | None = None,
+        clip_frames: int = 24,
+        clip_fps: int = 30,
+        start_frame: int = 0,
+        num_frames: int | None = None,
+        frame_ranges: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.images = SynthDataset(root, split, seed, width, height, images, clips, clip_frames, clip_fps)
+        labels = [{"index": t.id - 1, "id": t.id, "name": t.name} for t in THINGS]  # as the clips' txt files index
+        super().__init__(self.images.sfu_hw_root, classes=["S"], start_frame=start_frame, num_frames=num_frames,
+                         frame_ranges=frame_ranges, label_map=labels, matrix=YUV_FORMAT["matrix"],
+                         full_range=YUV_FORMAT["range"] == "full")  # fmt: skip
+
+    def identity(self) -> str:
+        return stable_hash({"class": "SynthClipsDataset", "images": self.images.identity(),
+                            "frames": [self.start_frame, self.num_frames, sorted(self.frame_ranges.items())]})  # fmt: skip
+
+    def check(self) -> None:
+        if self.images.config.n_clips(self.images.split) < 1:
+            raise DatasetLayoutError(f"dataset {self.name}: split {self.images.split!r} has no clips "
+                                     f"(clips: {dict(self.images.config.clips)})")  # fmt: skip
+        self.images.ensure()
+        super().check()

@@ -31,6 +31,7 @@ from ..cards import Card, stable_hash
 from ..codecs.base import Bitstream
 from ..datasets.base import Item
 from ..errors import CodecError, VcmbenchError
+from ..video import Clip, psnr_clip
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ class DecodeJob:
 
 @dataclass
 class Decoded:
-    image: np.ndarray
+    #: the pixels a task sees: an image, or a :class:`~vcmbench.video.Clip` (predicted frame by frame)
+    image: np.ndarray | Clip
     decode_s: float | None = None
     psnr: float | None = None
 
@@ -138,8 +140,11 @@ def task_adapter(card: Card) -> Any:
     return task
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+def psnr(a: np.ndarray | Clip, b: np.ndarray | Clip) -> float:
+    """RGB PSNR (peak 255) of an image, or of a clip: the mean of its frames' PSNRs."""
+    if isinstance(a, Clip) and isinstance(b, Clip):
+        return psnr_clip(a, b)
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))  # type: ignore[union-attr]
     return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
@@ -166,7 +171,11 @@ def run_decode(job: DecodeJob) -> Decoded:
     t = time.perf_counter()
     image = adapter(job.codec).decode(bs)
     seconds = time.perf_counter() - t
-    if image.shape[:2] != (bs.height, bs.width):
+    if isinstance(image, Clip):
+        if (image.num_frames, image.height, image.width) != (bs.frames, bs.height, bs.width):
+            raise CodecError(f"{job.codec.name}: decoded clip is {image.num_frames} frames of {image.width}x"
+                             f"{image.height}, expected {bs.frames} of {bs.width}x{bs.height}")  # fmt: skip
+    elif image.shape[:2] != (bs.height, bs.width):
         raise CodecError(
             f"{job.codec.name}: decoded image is {image.shape[1]}x{image.shape[0]}, expected {bs.width}x{bs.height}"
         )
@@ -175,8 +184,45 @@ def run_decode(job: DecodeJob) -> Decoded:
     return Decoded(image, seconds, psnr(ds.load_image(job.item), image))
 
 
-def predict_batch(task: Any, images: Sequence[np.ndarray]) -> tuple[list[Any], list[BaseException | None], list[float | None]]:
-    """Predict a batch; if it fails, predict image by image so one bad image fails alone."""
+_Predicted = tuple[list[Any], list[BaseException | None], list[float | None]]
+
+
+def predict_batch(task: Any, images: Sequence[np.ndarray | Clip]) -> _Predicted:
+    """Predict a batch; if it fails, predict image by image so one bad image fails alone.
+
+    A :class:`Clip` is predicted frame by frame, ``task.batch_size`` frames per call; its
+    prediction is the list of its frames' predictions, its time the sum of theirs, and a
+    frame that fails fails the clip (naming the frame).
+    """
+    if not any(isinstance(x, Clip) for x in images):
+        return _predict_images(task, images)  # type: ignore[arg-type]
+    out: _Predicted = ([None] * len(images), [None] * len(images), [None] * len(images))
+    plain = [i for i, x in enumerate(images) if not isinstance(x, Clip)]
+    if plain:
+        for i, p, e, t in zip(plain, *_predict_images(task, [images[i] for i in plain]), strict=True):  # type: ignore[misc]
+            out[0][i], out[1][i], out[2][i] = p, e, t
+    step = max(1, int(getattr(task, "batch_size", 1) or 1))
+    for i, clip in enumerate(images):
+        if not isinstance(clip, Clip):
+            continue
+        preds: list[Any] = []
+        seconds = 0.0
+        for start in range(0, clip.num_frames, step):
+            p, e, t = _predict_images(task, list(clip.frames[start : start + step]))
+            bad = next((k for k, err in enumerate(e) if err is not None), None)
+            if bad is not None:
+                err = e[bad]
+                assert err is not None
+                out[1][i] = VcmbenchError(f"frame {start + bad} of the clip: {error_text(err)}")
+                break
+            preds += p
+            seconds += sum(x or 0.0 for x in t)
+        else:
+            out[0][i], out[2][i] = preds, seconds
+    return out
+
+
+def _predict_images(task: Any, images: Sequence[np.ndarray]) -> _Predicted:
     try:
         t = time.perf_counter()
         preds = task.predict(list(images))
@@ -189,7 +235,7 @@ def predict_batch(task: Any, images: Sequence[np.ndarray]) -> tuple[list[Any], l
             return [None], [exc], [None]
         preds, errors, times = [], [], []
         for img in images:
-            p, e, s = predict_batch(task, [img])
+            p, e, s = _predict_images(task, [img])
             preds += p
             errors += e
             times += s

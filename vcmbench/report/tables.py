@@ -80,7 +80,10 @@ def points_table(df: pd.DataFrame) -> pd.DataFrame:
     idx = ["dataset", "task", "codec", "quality"]
     df = df.assign(quality=df.quality.astype("string").fillna(""))
     wide = df.pivot_table(index=idx, columns="metric", values="value", aggfunc="first", sort=False)
-    rate = df.drop_duplicates(idx).set_index(idx)[["bpp", "psnr", "n_items", "n_failed"]]
+    cols = ["bpp", "psnr", "n_items", "n_failed"]
+    if "kbps" in df.columns and df.kbps.notna().any():  # clips: the bit rate at their frame rate too
+        cols.insert(1, "kbps")
+    rate = df.drop_duplicates(idx).set_index(idx)[cols]
     out = rate.join(wide).reset_index()
     return out
 

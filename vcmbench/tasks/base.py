@@ -24,6 +24,9 @@ class Task(ABC):
     metrics: ClassVar[tuple[str, ...]] = ()
     #: settings that say where files are, not what is computed; kept out of the cache key
     location_settings: ClassVar[tuple[str, ...]] = ()
+    #: datasets it can score: "image" and, for tasks scoring frames against a dataset's COCO ground truth
+    #: (``coco_gt()`` / ``image_id()``, as video datasets provide per frame), "video"
+    media: ClassVar[tuple[str, ...]] = ("image",)
 
     name: str = "task"
     card_settings: Mapping[str, Any] = {}

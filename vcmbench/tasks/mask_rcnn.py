@@ -96,6 +96,8 @@ def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
 
 class MaskRCNNTask(Task):
     """Mask R-CNN (torchvision, or detectron2 when installed); COCO bbox + segm mAP."""
+    #: frames of video datasets are scored like images (against the COCO ground truth of their labels)
+    media: ClassVar[tuple[str, ...]] = ("image", "video")
 
     metrics: ClassVar[tuple[str, ...]] = ("map", "segm_map")
     location_settings: ClassVar[tuple[str, ...]] = ("weights", "url")

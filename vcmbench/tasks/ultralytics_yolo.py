@@ -191,6 +191,8 @@ class UltralyticsYOLOTask(Task):
 
 class UltralyticsDetectTask(UltralyticsYOLOTask):
     """Object detection; predictions per image: ``[[x1, y1, x2, y2, score, class_index], ...]`` (pixels)."""
+    #: frames of video datasets are scored like images (against the COCO ground truth of their labels)
+    media: ClassVar[tuple[str, ...]] = ("image", "video")
 
     metrics: ClassVar[tuple[str, ...]] = ("map", "map50")
     yolo_task: ClassVar[str] = "detect"

@@ -165,6 +165,8 @@ class YOLOv5Task(Task):
     Predictions per image: ``[[x1, y1, x2, y2, score, class_index], ...]`` in
     original pixel coordinates, ``class_index`` in 0..79 (YOLO order).
     """
+    #: frames of video datasets are scored like images (against the COCO ground truth of their labels)
+    media: ClassVar[tuple[str, ...]] = ("image", "video")
 
     metrics: ClassVar[tuple[str, ...]] = ("map", "map50")
     location_settings: ClassVar[tuple[str, ...]] = ("weights", "url")
