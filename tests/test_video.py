@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from vcmbench.cards import CardError, CardSet
@@ -18,6 +19,7 @@ from vcmbench.datasets.synth import SynthClipsDataset
 from vcmbench.datasets.video import frame_key
 from vcmbench.errors import DatasetLayoutError, ItemError
 from vcmbench.executors.base import predict_batch
+from vcmbench.report.tables import groups_table
 from vcmbench.runner import RunConfig, run
 from vcmbench.tasks.base import Task
 from vcmbench.tasks.yolov5 import YOLOv5Task
@@ -258,6 +260,9 @@ def test_synth_clips_through_the_runner(tmp_path: Path) -> None:
         assert r["bpp"] == pytest.approx(8 * r["nbytes"] / (2 * 12 * 320 * 240))
         for clip in ("Synth00", "Synth01"):
             assert 0 <= rows[(codec, f"map50/{clip}")]["value"] <= 1 and not rows[(codec, f"map50/{clip}")]["headline"]
+    table = groups_table(pd.DataFrame(report.rows), ["map50"])  # the per-sequence table of `vcmbench report`
+    assert list(table.group) == ["Synth00", "Synth01", "ClassS"]
+    assert table.set_index("group").loc["Synth01", "vvenc@37"] == rows[("vvenc", "map50/Synth01")]["value"]
     again = run(cfg)
     assert again.work == {"encodes": 0, "decodes": 0, "inferences": 0, "evaluations": 0}
     items = json.loads((report.run_dir / "run.json").read_text())["config"]

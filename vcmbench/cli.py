@@ -291,14 +291,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import headline, load_results, resolve_run_dir, with_psnr_rows
-    from .report.tables import bd_table, format_table, markdown_table, points_table
+    from .report.tables import bd_table, format_table, groups_table, markdown_table, points_table
 
     df = load_results(args.source, args.run)
     run_dir = resolve_run_dir(args.source, args.run)
     points = points_table(headline(df, args.metric))
+    heads = args.metric or sorted(set(df[df.headline.astype(str).str.lower().isin(["true", "1"])].metric))
+    groups = groups_table(df, heads)
     bd, anchor = bd_table(headline(with_psnr_rows(df), args.metric), anchor=args.anchor, method=args.method)
     print("RD points:")
     print(format_table(points))
+    if not groups.empty:
+        print("\nPer sequence and class (clip datasets):")
+        print(format_table(groups))
     print(f"\nBD-rate against {anchor} ({args.method}; negative = fewer bits for the same accuracy):")
     shown = bd.drop(columns=["warnings"])
     print(format_table(shown, "{:.3f}"))
@@ -306,8 +311,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     bd.to_csv(run_dir / "bd_rate.csv", index=False)
+    per_group = f"# Per sequence and class\n\n{markdown_table(groups)}\n\n" if not groups.empty else ""
     (run_dir / "report.md").write_text(
-        f"# RD points\n\n{markdown_table(points)}\n\n# BD-rate against {anchor} ({args.method})\n\n"
+        f"# RD points\n\n{markdown_table(points)}\n\n{per_group}# BD-rate against {anchor} ({args.method})\n\n"
         f"{markdown_table(bd, '{:.3f}')}\n"
     )
     print(f"\nwritten: {run_dir / 'bd_rate.csv'}, {run_dir / 'report.md'}")

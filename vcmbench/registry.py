@@ -114,6 +114,7 @@ for _name, _target in {
     CODECS.register(_name, _target)
 
 TASKS.register("yolov5", "vcmbench.tasks.yolov5:YOLOv5Task")
+TASKS.register("yolov7", "vcmbench.tasks.yolov7:YOLOv7Task")
 TASKS.register("ultralytics_detect", "vcmbench.tasks.ultralytics_yolo:UltralyticsDetectTask")
 TASKS.register("ultralytics_segment", "vcmbench.tasks.ultralytics_yolo:UltralyticsSegmentTask")
 TASKS.register("faces", "vcmbench.tasks.faces:FacesTask")

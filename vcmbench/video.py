@@ -127,3 +127,28 @@ def yuv_bytes_to_frames(data: bytes, width: int, height: int, frames: int, fmt: 
     for i in range(frames):
         out[i] = yuv420_to_rgb(*bytes_to_planes(data, width, height, fmt, frame=i), width, height, fmt)
     return out
+
+
+def read_video_file(path: str | Path, max_frames: int | None = None) -> Clip:
+    """Decode a video file (mp4, mkv, y4m, ...) with the ffmpeg binary of ``imageio-ffmpeg`` into a Clip.
+
+    The frames are what ffmpeg's default conversion to RGB gives (the file's own matrix and range
+    where it is tagged, else BT.601 limited range).
+    """
+    import imageio_ffmpeg
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video file {path} not found")
+    reader = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+    meta = next(reader)
+    w, h = meta["size"]
+    frames = []
+    for buf in reader:
+        frames.append(np.frombuffer(buf, np.uint8).reshape(h, w, 3))
+        if max_frames is not None and len(frames) >= max_frames:
+            reader.close()
+            break
+    if not frames:
+        raise ValueError(f"{path}: no frames decoded")
+    return Clip(np.stack(frames), float(meta["fps"]))

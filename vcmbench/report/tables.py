@@ -88,6 +88,24 @@ def points_table(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def groups_table(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:
+    """Per-group scores of clip datasets (``<metric>/<group>``: each sequence, each class), one row per
+    (dataset, task, metric, group) and one column per RD point (``codec@quality``), as in the per-sequence
+    tables of video-coding-for-machines papers. Empty when the run has no group metrics."""
+    g = df[df.metric.astype(str).str.contains("/", regex=False)]
+    if g.empty:
+        return pd.DataFrame()
+    parts = g.metric.astype(str).str.split("/", n=1, expand=True)
+    g = g.assign(base=parts[0], group=parts[1])
+    if metrics:
+        g = g[g.base.isin(metrics)]
+    q = g.quality.astype("string").fillna("")
+    g = g.assign(point=g.codec.astype(str).where(q == "", g.codec.astype(str) + "@" + q))
+    wide = g.pivot_table(index=["dataset", "task", "base", "group"], columns="point", values="value",
+                         aggfunc="first", sort=False)  # fmt: skip
+    return wide.reset_index().rename(columns={"base": "metric"})
+
+
 def format_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
     """A plain-text table (no extra dependency)."""
     if df.empty:

@@ -170,6 +170,10 @@ class YOLOv5Task(Task):
 
     metrics: ClassVar[tuple[str, ...]] = ("map", "map50")
     location_settings: ClassVar[tuple[str, ...]] = ("weights", "url")
+    #: the model family, in messages (and the default task name)
+    family: ClassVar[str] = "yolov5"
+    #: the checkpoint looked up in the weights folder / cache when neither ``weights`` nor ``url`` names one
+    default_weights: ClassVar[str] = "yolov5n.pt"
 
     def __init__(
         self,
@@ -185,16 +189,16 @@ class YOLOv5Task(Task):
         class_map: str = "coco80_to_coco91",
     ) -> None:
         if class_map not in CLASS_MAPS:
-            raise ValueError(f"yolov5: class_map must be one of {', '.join(CLASS_MAPS)}, got {class_map!r}")
+            raise ValueError(f"{self.family}: class_map must be one of {', '.join(CLASS_MAPS)}, got {class_map!r}")
         if not (isinstance(img_size, int) and img_size > 0):
-            raise ValueError(f"yolov5: img_size must be a positive integer, got {img_size!r}")
+            raise ValueError(f"{self.family}: img_size must be a positive integer, got {img_size!r}")
         if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
             raise ValueError(
-                f"yolov5: conf_thres and iou_thres must lie in [0, 1], got {conf_thres}, {iou_thres}"
+                f"{self.family}: conf_thres and iou_thres must lie in [0, 1], got {conf_thres}, {iou_thres}"
             )
         if int(max_det) < 1 or int(batch_size) < 1:
             raise ValueError(
-                f"yolov5: max_det and batch_size must be at least 1, got {max_det}, {batch_size}"
+                f"{self.family}: max_det and batch_size must be at least 1, got {max_det}, {batch_size}"
             )
         self.weights = weights
         self.url = url
@@ -206,7 +210,7 @@ class YOLOv5Task(Task):
         self.batch_size = int(batch_size)
         self.device = device
         self.class_map = class_map
-        self.name = "yolov5"
+        self.name = self.family
         self._weights_path: Path | None = None
         self._model: Any = None
         self._device: torch.device | None = None
@@ -220,9 +224,9 @@ class YOLOv5Task(Task):
             if self.weights:
                 filename = Path(self.weights).name
             elif self.url:
-                filename = Path(urlparse(self.url).path).name or "yolov5n.pt"
+                filename = Path(urlparse(self.url).path).name or self.default_weights
             else:
-                filename = "yolov5n.pt"
+                filename = self.default_weights
             self._weights_path = resolve_weights(
                 self.weights, self.url, self.sha256, filename, f"task {self.name}"
             )
@@ -239,11 +243,11 @@ class YOLOv5Task(Task):
             dev = torch.device(self.device)
         except RuntimeError as exc:
             raise ValueError(
-                f"yolov5: invalid device {self.device!r} ({exc}); use auto, cpu, cuda or cuda:N"
+                f"{self.family}: invalid device {self.device!r} ({exc}); use auto, cpu, cuda or cuda:N"
             ) from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(
-                f"yolov5: device {self.device!r} requested but CUDA is not available; use device: auto"
+                f"{self.family}: device {self.device!r} requested but CUDA is not available; use device: auto"
             )
         return dev
 
@@ -251,23 +255,34 @@ class YOLOv5Task(Task):
         if self._model is not None:
             return
         self._device = self._resolve_device()
-        model = load_yolov5_checkpoint(self.weights_path(), self._device)
+        model = self._load_checkpoint(self.weights_path(), self._device)
         self._stride = max(int(model.stride.max()), 32)
         self._input_size = math.ceil(self.img_size / self._stride) * self._stride  # val.py's check_img_size
         self._model = model
 
+    def _load_checkpoint(self, path: Path, device: torch.device) -> Any:
+        """The detection model of a checkpoint, in eval mode on ``device``."""
+        return load_yolov5_checkpoint(path, device)
+
     # -- inference ------------------------------------------------------------------------------
+    def _resize(self, image: np.ndarray) -> np.ndarray:
+        """The image with its long side scaled to the input size, as the upstream dataloader does."""
+        return resize_long_side(image, self._input_size)
+
+    def _letterbox(self) -> Any:
+        """The upstream ``letterbox`` function."""
+        return _yolov5_modules()[2].letterbox
+
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[float, tuple[float, float]]]:
         """Letterboxed HxWx3 uint8 network input and (gain, (pad_w, pad_h)) to map boxes back."""
-        _, _, augmentations = _yolov5_modules()
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(
-                f"yolov5: expected an HxWx3 uint8 RGB image, got shape {image.shape} {image.dtype}"
+                f"{self.family}: expected an HxWx3 uint8 RGB image, got shape {image.shape} {image.dtype}"
             )
         h0, w0 = image.shape[:2]
-        resized = resize_long_side(image, self._input_size)
+        resized = self._resize(image)
         shape = rect_input_shape(h0, w0, self._input_size, self._stride)
-        boxed, _, pad = augmentations.letterbox(
+        boxed, _, pad = self._letterbox()(
             resized, shape, color=(PAD_VALUE,) * 3, auto=False, scaleup=False, stride=self._stride
         )
         gain = resized.shape[0] / h0  # val.py maps boxes back with the height ratio of the resize

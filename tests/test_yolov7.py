@@ -1,0 +1,527 @@
+"""YOLOv7 task: a yolov7-tiny with random weights, saved as an official-style checkpoint, run end to end.
+
+No official weights are downloaded: the model is built from the yolov7-tiny architecture (written out
+below) by yolov7-package's ``Model``, pickled the way upstream training saves it (classes recorded as
+``models.yolo.*`` / ``models.common.*``, fp16, ``epoch: -1``), and loaded back through exactly the path
+an official ``yolov7.pt`` takes: ``YOLOv7Task(weights=...)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import pickletools
+import sys
+import types
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from vcmbench.cards import load_card, parse_overrides
+from vcmbench.datasets.coco import CocoDataset
+from vcmbench.errors import WeightsError
+
+from .helpers import config, small_coco
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("yolov5")
+pytest.importorskip("yolov7_package")
+
+import yolov7_package.models.common as v7_common  # noqa: E402
+import yolov7_package.models.yolo as v7_yolo  # noqa: E402
+import yolov7_package.utils.datasets as v7_datasets  # noqa: E402
+import yolov7_package.utils.general as v7_general  # noqa: E402
+
+from vcmbench.tasks import yolov7 as y7  # noqa: E402
+from vcmbench.tasks.yolov5 import rect_input_shape  # noqa: E402
+from vcmbench.tasks.yolov7 import YOLOv7Task, load_yolov7_checkpoint, resize_long_side_floor  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+OFFICIAL_URL = "https://github.com/WongKinYiu/yolov7/releases/download/v0.1/yolov7.pt"
+N_IMAGES = 4  # the small COCO subset predicted and scored
+
+
+# -- the architecture ---------------------------------------------------------------------------------
+# yolov7-tiny as defined upstream in cfg/training/yolov7-tiny.yaml (WongKinYiu/yolov7; cfg/deploy differs only
+# in its plain Detect head), written out with helpers for its repeated blocks: the same 78 layers
+# [from, repeats, module, args], the same anchors, an IDetect head. Module names and the activation are the
+# strings upstream's parse_model evaluates.
+ACT = "nn.LeakyReLU(0.1)"
+ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
+
+
+def _conv(c: int, k: int = 1, s: int = 1, f: int = -1) -> list[Any]:
+    return [f, 1, "Conv", [c, k, s, None, 1, ACT]]
+
+
+def _elan(c: int, out: int) -> list[list[Any]]:
+    """Two 1x1 branches, two 3x3 convs on the second, the four outputs concatenated, a 1x1 to ``out``."""
+    return [_conv(c), _conv(c, f=-2), _conv(c, 3), _conv(c, 3), [[-1, -2, -3, -4], 1, "Concat", [1]], _conv(out)]
+
+
+def _up(c: int, route: int) -> list[list[Any]]:
+    """Top-down path: 1x1, 2x nearest upsample, concatenated with a 1x1 of backbone layer ``route``."""
+    return [_conv(c), [-1, 1, "nn.Upsample", [None, 2, "nearest"]], _conv(c, f=route), [[-1, -2], 1, "Concat", [1]]]
+
+
+def _down(c: int, route: int) -> list[list[Any]]:
+    """Bottom-up path: stride-2 3x3, concatenated with head layer ``route``."""
+    return [_conv(c, 3, 2), [[-1, route], 1, "Concat", [1]]]
+
+
+def yolov7_tiny_cfg(nc: int = 80, head: str = "IDetect", repconv: bool = False) -> dict[str, Any]:
+    """yolov7-tiny; ``head="Detect"`` is cfg/deploy's head, ``repconv`` makes the three output 3x3s RepConvs
+    as in yolov7.yaml (its layers 102-104), the re-parameterised blocks of the official yolov7.pt."""
+    mp = [-1, 1, "MP", []]
+    out = (lambda c, f: [f, 1, "RepConv", [c, 3, 1]]) if repconv else (lambda c, f: _conv(c, 3, f=f))
+    sppcspc = [  # SPPCSPC built from SP max-pools (5, 9, 13) and a cross-stage shortcut
+        _conv(256), _conv(256, f=-2), [-1, 1, "SP", [5]], [-2, 1, "SP", [9]], [-3, 1, "SP", [13]],
+        [[-1, -2, -3, -4], 1, "Concat", [1]], _conv(256), [[-1, -7], 1, "Concat", [1]], _conv(256),
+    ]  # fmt: skip
+    return {
+        "nc": nc, "depth_multiple": 1.0, "width_multiple": 1.0, "anchors": copy.deepcopy(ANCHORS),
+        "backbone": [  # layers 0-28: P1/2, P2/4, then ELANs at P2, P3 (7, 14), P4 (21), P5 (28)
+            _conv(32, 3, 2), _conv(64, 3, 2), *_elan(32, 64), mp, *_elan(64, 128), mp, *_elan(128, 256), mp,
+            *_elan(256, 512),
+        ],
+        "head": [  # layers 29-77: SPPCSPC (37), PAN top-down (47, 57) and bottom-up (65, 73), 3x3s, IDetect
+            *sppcspc, *_up(128, 21), *_elan(64, 128), *_up(64, 14), *_elan(32, 64),
+            *_down(128, 47), *_elan(64, 128), *_down(256, 37), *_elan(128, 256),
+            out(128, 57), out(256, 65), out(512, 73), [[74, 75, 76], 1, head, ["nc", "anchors"]],
+        ],
+    }  # fmt: skip
+
+
+@contextlib.contextmanager
+def _quiet_grid() -> Iterator[None]:
+    """Silence the warning of upstream's Detect._make_grid (torch.meshgrid without indexing=)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.meshgrid", category=UserWarning)
+        yield
+
+
+def build_random_yolov7_tiny(
+    nc: int, calibration: list[np.ndarray] | None = None, seed: int = 0, **variant: Any
+) -> Any:
+    """yolov7-tiny with random weights, made to output a moderate number of image-dependent detections.
+
+    ``ImplicitM`` starts at 1 as upstream (yolov7-package initialises it at 0, which scales every output to ~0);
+    BatchNorm statistics are measured on ``calibration`` images (default ones would let activations vanish,
+    and make Conv+BN fusion trivial); the detection convolutions are doubled to spread the scores.
+    """
+    torch.manual_seed(seed)
+    with _quiet_grid(), mock.patch.object(v7_yolo.Model, "info", lambda self, *a, **k: None):
+        model = v7_yolo.Model(yolov7_tiny_cfg(nc, **variant), ch=3, nc=nc)  # (info(): a slow FLOPs count)
+    head = model.model[-1]
+    with torch.no_grad():
+        for im in getattr(head, "im", ()):
+            torch.nn.init.normal_(im.implicit, 1.0, 0.02)
+        if calibration:
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.reset_running_stats()
+                    m.momentum = None  # cumulative average over the calibration batch
+            x = torch.from_numpy(np.stack(calibration).transpose(0, 3, 1, 2).copy()).float() / 255
+            model.train()(x)
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.momentum = 0.03  # yolov7's initialize_weights value
+        for conv in head.m:
+            conv.weight *= 2
+    return model.eval()
+
+
+@contextlib.contextmanager
+def upstream_module_names(model: torch.nn.Module) -> Iterator[None]:
+    """While active, pickle records the package's classes under the upstream module names (``models.yolo``).
+
+    Official checkpoints were pickled inside the upstream repository, where the classes live in top-level
+    ``models.*`` modules. Pickle looks a class up as ``sys.modules[cls.__module__].<qualname>``, so the classes
+    are renamed and the package modules aliased under those names; everything is restored afterwards.
+    """
+    prefix = "yolov7_package."
+    classes = {type(m) for m in model.modules() if type(m).__module__.startswith(prefix)}
+    aliases = {
+        name[len(prefix) :]: mod
+        for name, mod in list(sys.modules.items())
+        if name.startswith((prefix + "models", prefix + "utils"))
+    }
+    before_modules = {name: sys.modules.get(name) for name in aliases}
+    before_names = {cls: cls.__module__ for cls in classes}
+    try:
+        sys.modules.update(aliases)
+        for cls in classes:
+            cls.__module__ = cls.__module__[len(prefix) :]
+        yield
+    finally:
+        for cls, name in before_names.items():
+            cls.__module__ = name
+        for name, mod in before_modules.items():
+            if mod is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = mod
+
+
+def save_upstream_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    """Save as upstream's strip_optimizer leaves a release file: the fp16 model, no EMA, no optimizer, epoch -1."""
+    ckpt = {"model": copy.deepcopy(model).half(), "ema": None, "updates": None, "optimizer": None,
+            "training_results": None, "epoch": -1, "best_fitness": None}  # fmt: skip
+    with upstream_module_names(model):
+        torch.save(ckpt, path)
+
+
+def pickle_globals(path: Path) -> set[tuple[str, str]]:
+    """(module, name) of every class or function a torch.save file references."""
+    with zipfile.ZipFile(path) as zf:
+        (name,) = [n for n in zf.namelist() if n.endswith("/data.pkl")]
+        data = zf.read(name)
+    found, strings = set(), []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name == "GLOBAL":
+            module, attr = arg.split(" ", 1)
+            found.add((module, attr))
+        elif op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE"):
+            strings.append(arg)
+        elif op.name == "STACK_GLOBAL":
+            found.add((strings[-2], strings[-1]))
+    return found
+
+
+def _top_level_upstream_modules() -> set[str]:
+    return {k for k in sys.modules if k.split(".")[0] in ("models", "utils")}
+
+
+# -- fixtures ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread while this module runs: its convolutions are small, and on 2 cores shared with
+    other jobs two spinning OpenMP threads made the module ~3x slower (64 s instead of 23 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def coco(coco_mini: Path, tmp_path_factory: pytest.TempPathFactory) -> CocoDataset:
+    root = tmp_path_factory.mktemp("coco")
+    small_coco(coco_mini, root, N_IMAGES)
+    ds = CocoDataset(root)
+    ds.check()
+    return ds
+
+
+@pytest.fixture(scope="module")
+def images(coco: CocoDataset) -> dict[str, np.ndarray]:
+    return {it.id: coco.load_image(it) for it in coco.items()}
+
+
+@pytest.fixture(scope="module")
+def model_and_checkpoint(
+    images: dict[str, np.ndarray], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Any, Path]:
+    import cv2
+
+    calibration = [cv2.resize(im, (320, 256), interpolation=cv2.INTER_AREA) for im in images.values()]
+    model = build_random_yolov7_tiny(80, calibration)
+    path = tmp_path_factory.mktemp("weights") / "yolov7-tiny-random.pt"
+    save_upstream_checkpoint(model, path)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model_and_checkpoint: tuple[Any, Path]) -> Path:
+    return model_and_checkpoint[1]
+
+
+@pytest.fixture(scope="module")
+def task(checkpoint: Path) -> YOLOv7Task:
+    t = YOLOv7Task(weights=str(checkpoint), device="cpu")
+    t.load()
+    return t
+
+
+@pytest.fixture(scope="module")
+def predictions(task: YOLOv7Task, images: dict[str, np.ndarray]) -> dict[str, Any]:
+    return dict(zip(images, task.predict(list(images.values())), strict=True))
+
+
+# -- the architecture and the checkpoint format ------------------------------------------------------
+def test_model_is_a_yolov7_tiny(model_and_checkpoint: tuple[Any, Path]) -> None:
+    model, _ = model_and_checkpoint
+    assert len(model.model) == 78 and {14, 21, 37, 47, 57, 65, 73} <= set(model.save)  # the routed layers
+    head = model.model[-1]
+    assert type(head) is v7_yolo.IDetect and head.nc == 80 and head.na == 3 and head.f == [74, 75, 76]
+    assert head.stride.tolist() == [8.0, 16.0, 32.0]
+    assert sum(isinstance(m, v7_common.SP) for m in model.modules()) == 3
+    assert 6.1e6 < sum(p.numel() for p in model.parameters()) < 6.3e6  # yolov7-tiny: 6.2 M parameters
+
+
+def test_checkpoint_references_upstream_module_names(checkpoint: Path) -> None:
+    refs = pickle_globals(checkpoint)
+    ours = {(m, n) for m, n in refs if not m.startswith(("torch", "collections", "builtins", "__builtin__", "_codecs"))}
+    assert {("models.yolo", "Model"), ("models.yolo", "IDetect"), ("models.common", "Conv")} <= ours
+    assert {m for m, _ in ours} <= {"models.yolo", "models.common"}, ours
+    assert not any("yolov7_package" in m for m, _ in refs)
+    unpickler = y7._RemapUnpickler(io.BytesIO(b""))
+    for module, name in ours:  # each upstream name resolves to the package's class, never a top-level import
+        cls = unpickler.find_class(module, name)
+        assert cls.__module__ == f"yolov7_package.{module}"
+    assert not _top_level_upstream_modules()  # the aliases used while saving are gone
+    assert v7_yolo.Model.__module__ == "yolov7_package.models.yolo"
+
+
+def test_checkpoint_loads_with_the_saved_weights(model_and_checkpoint: tuple[Any, Path]) -> None:
+    model, path = model_and_checkpoint
+    before = _top_level_upstream_modules()
+    loaded = load_yolov7_checkpoint(path, fuse=False)
+    assert _top_level_upstream_modules() == before  # the remapper imports no top-level models / utils
+    assert type(loaded) is v7_yolo.Model and type(loaded.model[-1]) is v7_yolo.IDetect
+    expected = copy.deepcopy(model).half().float().state_dict()  # saved in fp16, as upstream does
+    got = loaded.state_dict()
+    assert list(got) == list(expected)
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+    assert loaded.yaml == model.yaml and not loaded.training
+
+
+def test_loaded_model_is_fused_float_eval(task: YOLOv7Task, model_and_checkpoint: tuple[Any, Path]) -> None:
+    fused = task._model
+    assert not fused.training and type(fused).__module__ == "yolov7_package.models.yolo"
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in fused.parameters())
+    # fusing (Conv+BN, IDetect's implicit layers) keeps the outputs of the saved model
+    reference = copy.deepcopy(model_and_checkpoint[0]).half().float().eval()
+    x = torch.rand(1, 3, 256, 320, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), _quiet_grid():
+        a, b = reference(x)[0], fused(x)[0]
+    torch.testing.assert_close(b[..., :4], a[..., :4], atol=1e-2, rtol=1e-3)  # pixels, boxes up to ~1500 px
+    torch.testing.assert_close(b[..., 4:], a[..., 4:], atol=2e-5, rtol=1e-3)
+
+
+# -- pre- and post-processing ---------------------------------------------------------------------------
+def test_preprocess_matches_upstream_loader(coco: CocoDataset, tmp_path: Path) -> None:
+    """Our letterboxed input == yolov7's own load_image + letterbox (test.py's dataloader) for the same file."""
+    import cv2
+
+    task = YOLOv7Task()  # preprocess needs no model (stride 32 until one is loaded)
+    odd = tmp_path / "odd.png"  # 581 px long side: yolov7 resizes it to 639 (rounding down), not 640
+    cv2.imwrite(str(odd), np.random.default_rng(0).integers(0, 256, (400, 581, 3), dtype=np.uint8))
+    files = [it.path for it in coco.items()[:3]] + [odd]
+    for f in files:
+        upstream = types.SimpleNamespace(imgs=[None], img_files=[str(f)], img_size=640, augment=False)
+        img, (h0, w0), (h, w) = v7_datasets.load_image(upstream, 0)
+        shape = rect_input_shape(h0, w0, 640, 32)  # test.py's batch shape for a batch of this image alone
+        ref, _, pad = v7_datasets.letterbox(img, shape, auto=False, scaleup=False)
+        rgb = cv2.imread(str(f))[:, :, ::-1]
+        ours, (gain, ours_pad) = task.preprocess(np.ascontiguousarray(rgb))
+        np.testing.assert_array_equal(ours, ref[:, :, ::-1])
+        assert gain == h / h0 and ours_pad == (float(pad[0]), float(pad[1]))
+    assert (h, w) == (440, 639) and ours.shape[:2] == (480, 672)
+
+
+def test_resize_rounds_down_like_yolov7() -> None:
+    assert resize_long_side_floor(np.zeros((400, 581, 3), np.uint8), 640).shape == (440, 639, 3)
+    assert resize_long_side_floor(np.zeros((333, 1000, 3), np.uint8), 640).shape == (213, 640, 3)  # yolov5: 214
+    assert resize_long_side_floor(np.zeros((480, 640, 3), np.uint8), 640).shape == (480, 640, 3)
+
+
+def _random_raw(nc: int, n: int = 400, seed: int = 0) -> torch.Tensor:
+    """Raw head output (xywh, objectness, class probabilities) with ~2000 (box, class) pairs above conf 0.001."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(1, n, 2, generator=g) * 640
+    wh = torch.rand(1, n, 2, generator=g) * 200 + 2
+    scores = torch.rand(1, n, 1 + nc, generator=g) ** 16
+    return torch.cat([xy, wh, scores], 2)
+
+
+@pytest.mark.parametrize("nc", [80, 1])
+def test_nms_gives_yolov7_results(nc: int) -> None:
+    """YOLOv5's NMS (what predict() calls) keeps what yolov7's keeps; for nc == 1 after the objectness hook."""
+    import yolov5.utils.general as v5_general
+
+    raw = _random_raw(nc)
+    ref = v7_general.non_max_suppression(raw.clone(), 0.001, 0.65, multi_label=True)[0]
+    adjusted = raw.clone()
+    if nc == 1:
+        y7._objectness_only(torch.nn.Identity(), (), (adjusted, None))
+    ours = v5_general.non_max_suppression(adjusted, 0.001, 0.65, multi_label=True, max_det=300)[0]
+    assert len(ref) == 300 or nc == 1
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, atol=0, rtol=0)
+    if nc == 1:  # without the hook the single-class scores would be objectness x an untrained class output
+        plain = v5_general.non_max_suppression(raw.clone(), 0.001, 0.65, multi_label=True)[0]
+        assert not torch.equal(plain[:, 4], ref[:, 4])
+
+
+def test_prediction_format(predictions: dict[str, Any], coco: CocoDataset) -> None:
+    json.dumps(predictions)
+    sizes = {it.id: (it.meta["height"], it.meta["width"]) for it in coco.items()}
+    assert len(predictions) == N_IMAGES and sum(map(len, predictions.values())) > 50
+    for item_id, dets in predictions.items():
+        assert 0 < len(dets) <= 300
+        h, w = sizes[item_id]
+        scores = [d[4] for d in dets]
+        assert scores == sorted(scores, reverse=True)
+        for x1, y1, x2, y2, score, cls in dets:
+            assert all(type(v) is float for v in (x1, y1, x2, y2, score))
+            assert type(cls) is int and 0 <= cls < 80
+            assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
+            assert 0.001 <= score <= 1
+    assert len({d[5] for dets in predictions.values() for d in dets}) > 10  # many classes, not one
+
+
+def test_predict_matches_upstream_test_py_pipeline(
+    task: YOLOv7Task, coco: CocoDataset, predictions: dict[str, Any]
+) -> None:
+    """One image through test.py's own steps (yolov7's loader, letterbox, NMS, scale_coords) == predict()."""
+    item = coco.items()[0]
+    upstream = types.SimpleNamespace(imgs=[None], img_files=[str(item.path)], img_size=640, augment=False)
+    img, (h0, w0), (h, w) = v7_datasets.load_image(upstream, 0)
+    img, _, pad = v7_datasets.letterbox(img, rect_input_shape(h0, w0, 640, 32), auto=False, scaleup=False)
+    x = torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))).float()[None] / 255
+    with torch.no_grad(), _quiet_grid():
+        out = task._model(x)[0]
+    det = v7_general.non_max_suppression(out, conf_thres=0.001, iou_thres=0.65, multi_label=True)[0]
+    v7_general.scale_coords(x.shape[2:], det[:, :4], (h0, w0), ((h / h0, w / w0), pad))
+    ours = np.array(predictions[item.id])
+    assert ours.shape == tuple(det.shape) and len(ours) > 0
+    np.testing.assert_allclose(ours[:, :4], det[:, :4].numpy(), atol=2e-3)
+    np.testing.assert_allclose(ours[:, 4], det[:, 4].numpy(), atol=1e-6)
+    np.testing.assert_array_equal(ours[:, 5], det[:, 5].numpy())
+
+
+def test_batch_equals_images_alone(task: YOLOv7Task, images: dict[str, np.ndarray], predictions: dict) -> None:
+    item_id, image = next(iter(images.items()))
+    (alone,) = task.predict([image])
+    a, b = np.array(alone), np.array(predictions[item_id])
+    assert a.shape == b.shape
+    np.testing.assert_allclose(b[:, :5], a[:, :5], atol=1e-3)
+    np.testing.assert_array_equal(b[:, 5], a[:, 5])
+
+
+def test_category_ids_are_coco91(task: YOLOv7Task, predictions: dict[str, Any], coco: CocoDataset) -> None:
+    coco91 = list(v7_general.coco80_to_coco91_class())
+    assert task.category_ids() == coco91 and len(set(coco91)) == 80
+    dets = task.coco_detections(predictions, coco)
+    assert len(dets) == sum(map(len, predictions.values()))
+    valid = set(coco.coco_gt().getCatIds())
+    assert {d["category_id"] for d in dets} <= valid & set(coco91)
+    assert {d["image_id"] for d in dets} == {int(k) for k in predictions}
+
+
+def test_evaluate_small_coco(task: YOLOv7Task, predictions: dict[str, Any], coco: CocoDataset) -> None:
+    metrics = task.evaluate(predictions, coco)
+    assert set(task.metrics) == {"map", "map50"} <= set(metrics)
+    for name in ("map", "map50", "map75", "ar100"):
+        assert isinstance(metrics[name], float) and 0.0 <= metrics[name] <= 1.0, metrics
+    assert metrics["map50"] >= metrics["map"]
+    assert task.evaluate(dict.fromkeys(predictions, []), coco)["map"] == 0.0
+
+
+# -- errors ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("content", [{"epoch": -1, "model": None, "ema": None}, {"model": {"w": 1}}, [1, 2]])
+def test_checkpoint_without_a_model_is_a_weights_error(tmp_path: Path, content: Any) -> None:
+    path = tmp_path / "yolov7.pt"
+    torch.save(content, path)
+    t = YOLOv7Task(weights=str(path), device="cpu")
+    with pytest.raises(WeightsError, match=rf"{path}.*holds no YOLOv7 detection model"):
+        t.load()
+
+
+def test_corrupt_or_foreign_checkpoint_is_a_weights_error(tmp_path: Path, yolov5n_weights: Path) -> None:
+    bad = tmp_path / "yolov7.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match=str(bad)):
+        YOLOv7Task(weights=str(bad), device="cpu").load()
+    # a YOLOv5 checkpoint also names models.yolo: it must fail here, not load through yolov5's top-level folder
+    before = _top_level_upstream_modules()
+    with pytest.raises(WeightsError, match=rf"cannot load YOLOv7 checkpoint {yolov5n_weights}"):
+        YOLOv7Task(weights=str(yolov5n_weights), device="cpu").load()
+    assert _top_level_upstream_modules() == before
+
+
+def test_missing_weights_path_is_a_weights_error(tmp_path: Path) -> None:
+    t = YOLOv7Task(weights=str(tmp_path / "absent.pt"), url=OFFICIAL_URL)
+    with pytest.raises(WeightsError, match=r"absent\.pt.*tasks/yolov7\.yaml"):
+        t.version()
+
+
+def test_single_class_repconv_detect_model(tmp_path: Path) -> None:
+    """A single-class variant with a plain Detect head and RepConv outputs: RepConv fusion, objectness scores."""
+    path = tmp_path / "one-class.pt"
+    noise = [np.random.default_rng(i).integers(0, 256, (64, 96, 3), dtype=np.uint8) for i in range(2)]
+    save_upstream_checkpoint(build_random_yolov7_tiny(1, noise, head="Detect", repconv=True), path)
+    assert ("models.common", "RepConv") in pickle_globals(path) and ("models.yolo", "Detect") in pickle_globals(path)
+    with pytest.raises(WeightsError, match="1 classes.*class_map: identity"):
+        YOLOv7Task(weights=str(path), device="cpu").load()
+    t = YOLOv7Task(weights=str(path), device="cpu", class_map="identity")
+    t.load()
+    assert t.category_ids() == []
+    reps = [m for m in t._model.modules() if type(m) is v7_common.RepConv]
+    assert len(reps) == 3 and all(m.deploy and m.rbr_1x1 is None and m.rbr_identity is None for m in reps)
+    assert not any(p.requires_grad for p in t._model.parameters())
+    unfused = load_yolov7_checkpoint(path, fuse=False)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in unfused.modules()) > 3 * len(reps)
+    x = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad(), _quiet_grid():
+        raw, ref = t._model(x)[0], unfused(x)[0]
+    assert raw.shape[-1] == 6 and bool((raw[..., 5] == 1).all())  # class probability 1: score = objectness
+    torch.testing.assert_close(raw[..., :5], ref[..., :5], atol=1e-3, rtol=1e-3)
+
+
+def test_bad_settings_are_rejected_with_the_task_name() -> None:
+    with pytest.raises(ValueError, match="^yolov7: class_map"):
+        YOLOv7Task(class_map="coco91")
+    with pytest.raises(ValueError, match="^yolov7: conf_thres"):
+        YOLOv7Task(conf_thres=2.0)
+
+
+# -- card, identity, runner ----------------------------------------------------------------------------
+def test_card_and_identity(checkpoint: Path, tmp_path: Path) -> None:
+    card = load_card(REPO / "tasks" / "yolov7.yaml", "task")
+    assert card.adapter in ("vcmbench.tasks.yolov7:YOLOv7Task", "yolov7") and card.name == "yolov7"
+    assert card.adapter_class() is YOLOv7Task
+    assert card.settings["url"] == OFFICIAL_URL and card.settings["sha256"] is None
+    t = card.build()
+    assert type(t) is YOLOv7Task and t.name == "yolov7"
+    assert (t.img_size, t.conf_thres, t.iou_thres, t.max_det) == (640, 0.001, 0.65, 300)
+    local = card.with_settings(weights=str(checkpoint)).build()  # --set yolov7.weights=...
+    assert local.weights_path() == checkpoint
+    sha = y7.sha256_file(checkpoint)
+    assert sha in local.version() and local.version().startswith(f"{y7.IMPL_VERSION}+yolov5.")
+    # where the weights live stays out of the identity; the cache key follows the file's content
+    copied = tmp_path / "elsewhere" / checkpoint.name
+    copied.parent.mkdir()
+    copied.write_bytes(checkpoint.read_bytes())
+    moved = card.with_settings(weights=str(copied), url=None).build()
+    assert moved.weights_path() == copied and moved.identity() == local.identity()
+    changed = card.with_settings(weights=str(copied), conf_thres=0.25).build()
+    assert changed.identity() != local.identity()
+
+
+def test_runner_with_the_card_and_set_weights(tmp_path: Path, coco_mini: Path, checkpoint: Path) -> None:
+    from vcmbench.runner import run
+
+    root = tmp_path / "coco"
+    small_coco(coco_mini, root, 2)
+    overrides = parse_overrides([f"yolov7.weights={checkpoint}"])  # what --set yolov7.weights=... gives
+    report = run(config(tmp_path / "out", root, checkpoint, tasks=["yolov7"], overrides=overrides,
+                        qualities={"jpeg": [40]}))  # fmt: skip
+    assert report.ok, report.failures
+    assert report.work["inferences"] == 4 and report.work["encodes"] == 2
+    rows = [r for r in report.rows if r["task"] == "yolov7" and r["metric"] == "map"]
+    assert {r["codec"] for r in rows} == {"uncompressed", "jpeg"}
+    for r in rows:
+        assert 0.0 <= float(r["value"]) <= 1.0
+    meta = json.loads((report.run_dir / "run.json").read_text())
+    assert meta["config"]["cards"]["yolov7"]["settings"]["weights"] == str(checkpoint)
