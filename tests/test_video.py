@@ -294,3 +294,40 @@ def test_synth_clip_labels_name_the_things_they_index(tmp_path: Path) -> None:
     assert box.category_id == next(c["id"] for c in data["categories"] if c["index"] == cls)
     assert (box.x + box.w / 2, box.y + box.h / 2) == pytest.approx((cx * 320, cy * 240), abs=1e-3)
     assert CardSet().get("dataset", "synth_clips").settings["images"] == CardSet().get("dataset", "synth").settings["images"]
+
+
+def test_nerv_sanerv_vvenc_x_yolov7_on_sfu_hw_classes_c_d(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's command on an SFU-HW-Objects-v1 fixture: `vcmbench run --codec nerv,sanerv,vvenc --task
+    yolov7 --dataset sfu_hw --classes C,D`, with a yolov7-tiny of random weights saved as an official-style
+    checkpoint (a named stand-in for yolov7.pt) and NeRV sized down to seconds (tiny model, 3 + 1 epochs)."""
+    pytest.importorskip("yolov7_package")
+    from vcmbench.cli import main
+
+    from .yolov7_models import build_random_yolov7_tiny, save_upstream_checkpoint
+
+    write_sfu(tmp_path / "sfu", frames=6)
+    ckpt = tmp_path / "yolov7-tiny-random.pt"
+    save_upstream_checkpoint(build_random_yolov7_tiny(80, [moving_clip(1, 64, 64).frames[0]] * 2), ckpt)
+    tiny = "[{size: S, width: 0.125, prune: 0.4, bits: 8}]"
+    nerv = [f"--set={c}.rate_points={tiny}" for c in ("nerv", "sanerv")] + [
+        f"--set={c}.{k}={v}" for c in ("nerv", "sanerv") for k, v in (("epochs", 3), ("finetune_epochs", 1),
+                                                                     ("progress", "false"))]  # fmt: skip
+    args = ["run", "--codec", "nerv,sanerv,vvenc", "--task", "yolov7", "--dataset", "sfu_hw", "--classes", "C,D",
+            "--data-root", str(tmp_path / "sfu"), "--set", f"yolov7.weights={ckpt}", "--set", "yolov7.img_size=64",
+            "--quality", "nerv=1", "--quality", "sanerv=1", "--quality", "vvenc=37", "--set", "vvenc.preset=faster",
+            "--set", "sanerv.fz_scale=40", "--set", "sanerv.fz_min_size=20", *nerv,
+            "--out", str(tmp_path / "o"), "--no-progress"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    (run_dir,) = (tmp_path / "o" / "runs").iterdir()
+    df = pd.read_csv(run_dir / "results.csv")
+    maps = df[df.metric == "map"].set_index("codec")
+    assert set(maps.index) == {"uncompressed", "nerv", "sanerv", "vvenc"}
+    assert maps.loc[["nerv", "sanerv", "vvenc"], "bpp"].gt(0).all() and maps.loc["nerv", "n_items"] == 3
+    # rate of the clips: all bytes over 3 clips x 6 frames (one 64x48, two 32x24); kbps at their 30 / 60 fps
+    pixels = 6 * (64 * 48 + 2 * 32 * 24)
+    for codec in ("nerv", "sanerv", "vvenc"):
+        r = maps.loc[codec]
+        assert r["bpp"] == pytest.approx(8 * r["nbytes"] / pixels)
+        assert r["kbps"] == pytest.approx(8 * r["nbytes"] / (6 / 30 + 6 / 60 + 6 / 30) / 1000)
+    groups = set(df.metric[df.metric.str.startswith("map/")])
+    assert groups == {"map/RaceHorsesC", "map/RaceHorsesD", "map/BQSquare", "map/ClassD"}

@@ -214,7 +214,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
             card = cards.get(kind, name)
             try:
                 card.adapter_class()
-                card.build()
+                obj = card.build()
+                if kind == "codec":  # the default ladder must fit (a learned codec: name existing rate points)
+                    for q in card.qualities:
+                        obj.validate_quality(q)
                 print(f"ok    {kind:<8} {name}")
             except Exception as exc:  # report every broken card, not just the first
                 bad += 1

@@ -110,6 +110,8 @@ for _name, _target in {
     "objicm": "vcmbench.codecs.learned:ObjectICMCodec",
     "tlicm": "vcmbench.codecs.learned:TLICMCodec",
     "saicm": "vcmbench.codecs.learned:SAICMCodec",
+    "nerv": "vcmbench.codecs.nerv:NeRVCodec",
+    "sanerv": "vcmbench.codecs.nerv:SANeRVCodec",
 }.items():
     CODECS.register(_name, _target)
 

@@ -502,10 +502,11 @@ class Runner:
         self.work["evaluations"] += 1
         rate: dict[str, Any] = {"nbytes": None, "pixels": None, "bpp": None, "bpp_mean": None, "psnr": None,
                                 "encode_s": None, "decode_s": None, "kbps": None}  # fmt: skip
-        done_keys = [preds[k]["encode_key"] for k, it in zip(keys, items, strict=True) if it.id in done]
+        done_keys = {it.id: preds[k]["encode_key"] for k, it in zip(keys, items, strict=True) if it.id in done}
         if not u.is_reference and done_keys:
-            enc = self.store.encode_records(done_keys)
-            recs = [enc[k] for k in done_keys if k in enc]
+            enc = self.store.encode_records(done_keys.values())
+            coded = [(it, enc[done_keys[it.id]]) for it in items if done_keys.get(it.id) in enc]
+            recs = [r for _, r in coded]
             pix = [r.width * r.height * (r.frames or 1) for r in recs]
             nbytes = sum(r.nbytes or 0 for r in recs)
             psnrs = [r.psnr for r in recs if r.psnr is not None and math.isfinite(r.psnr)]
@@ -514,7 +515,7 @@ class Runner:
                 "bpp_mean": float(np.mean([8.0 * (r.nbytes or 0) / p for r, p in zip(recs, pix, strict=True)])),
                 "psnr": float(np.mean(psnrs)) if psnrs else None,
                 "encode_s": sum(r.encode_s or 0.0 for r in recs), "decode_s": sum(r.decode_s or 0.0 for r in recs),
-                "kbps": _kbps(recs),
+                "kbps": _kbps(coded),
             }  # fmt: skip
         infer = [preds[k]["infer_s"] for k in keys if k in preds and preds[k]["infer_s"] is not None]
         self.store.put_evaluation(
@@ -532,13 +533,14 @@ class Runner:
             )
 
 
-def _kbps(recs: Sequence[Any]) -> float | None:
-    """Bit rate of coded clips at their frame rates: all bits over the clips' total duration (None for images)."""
-    fps = [r.meta.get("fps") for r in recs]
-    if not recs or any(not f for f in fps):
+def _kbps(coded: Sequence[tuple[Item, Any]]) -> float | None:
+    """Bit rate of coded clips at their frame rates (the dataset's, else the bitstream's): all bits over the
+    clips' total duration. None for images."""
+    fps = [it.meta.get("fps") or r.meta.get("fps") for it, r in coded]
+    if not coded or any(not f for f in fps):
         return None
-    seconds = sum((r.frames or 1) / float(f) for r, f in zip(recs, fps, strict=True))
-    return 8.0 * sum(r.nbytes or 0 for r in recs) / seconds / 1000.0
+    seconds = sum((r.frames or 1) / float(f) for (_, r), f in zip(coded, fps, strict=True))
+    return 8.0 * sum(r.nbytes or 0 for _, r in coded) / seconds / 1000.0
 
 
 def run(config: RunConfig, log: Callable[[str], None] | None = None) -> RunReport:
