@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from vcmbench.cards import CardSet, load_card
+from vcmbench.cli import main
 from vcmbench.codecs.learned import (
     LearnedCodec,
     SAICMCodec,
@@ -21,6 +23,7 @@ from vcmbench.codecs.learned import (
 from vcmbench.errors import CodecError, QualityError, WeightsError
 from vcmbench.models.lic import build_model, count_parameters, load_checkpoint, pad_multiple, save_checkpoint
 from vcmbench.models.tcm import TCM
+from vcmbench.runner import RunConfig, run
 
 
 def natural_image(h: int = 192, w: int = 256) -> np.ndarray:
@@ -143,7 +146,7 @@ def test_builtin_learned_cards_validate() -> None:
         assert len(codec.identity()) == 16  # resolves and hashes every checkpoint
 
 
-def test_rate_point_validation(tmp_path: Path) -> None:
+def test_rate_point_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tiny_checkpoint(tmp_path / "a.pt")
     codec = codec_for(path)
     with pytest.raises(QualityError, match="rate point 2 has no checkpoint; this card defines 1"):
@@ -160,13 +163,18 @@ def test_rate_point_validation(tmp_path: Path) -> None:
         codec_for(tmp_path / "missing.pt").identity()
     with pytest.raises(WeightsError, match="fails its checksum"):
         codec_for(path, sha256="0" * 64).identity()
-    # a card that names a rate point it does not define is an error when the card is built
+    # a card whose ladder names a rate point it does not define: `vcmbench validate` reports it, and a run
+    # with that ladder stops before any work (a run may override rate_points and --quality together)
     card = tmp_path / "codecs" / "mine.yaml"
     card.parent.mkdir()
     card.write_text(f"adapter: lic\nversion: 1\nqualities: [1, 5]\nsettings:\n  arch: mbt2018-mean\n"
                     f"  arch_kwargs: {{N: 16, M: 24}}\n  rate_points:\n    1: {{checkpoint: {path}}}\n")  # fmt: skip
+    assert main(["validate", "--cards", str(tmp_path)]) == 1
+    assert re.search(r"ERROR codec +mine .*rate point 5", capsys.readouterr().out)
     with pytest.raises(QualityError, match="rate point 5"):
-        load_card(card, "codec").build()
+        run(RunConfig(codecs=["mine"], tasks=["synth_det"], datasets=["synth"], cards_dirs=[str(tmp_path)],
+                      out=str(tmp_path / "o"), progress=False, limit=1))  # fmt: skip
+    assert not (tmp_path / "o" / "bitstreams").exists()
 
 
 def test_checkpoint_must_match_card_objective_lambda_and_arch(tmp_path: Path) -> None:

@@ -87,7 +87,6 @@ class SynthDataset(CocoDataset):
 
     def check(self) -> None:
         self.ensure()
-        self.images.ensure()
         super().check()
 
     def load_image(self, item: Item) -> np.ndarray:
