@@ -76,11 +76,20 @@ class Codec(ABC):
     card_settings: Mapping[str, Any] = {}
 
     @classmethod
+    def card_kwargs(cls, card: Card) -> dict[str, Any]:
+        """The ``__init__`` arguments a card gives (its settings; subclasses may add derived ones)."""
+        return dict(card.settings)
+
+    @classmethod
     def from_card(cls, card: Card) -> Codec:
+        """The codec of a card. Its default ladder is checked by ``vcmbench validate`` and, as a run uses
+        it (perhaps overridden with ``--quality``), by the runner."""
         try:
-            codec = cls(**dict(card.settings))
+            codec = cls(**cls.card_kwargs(card))
         except TypeError as exc:
             raise CodecError(f"{card.path}: bad settings for codec {card.name!r}: {exc}") from exc
+        except CodecError as exc:
+            raise CodecError(f"{card.path}: {str(exc).replace('codec codec', f'codec {card.name}')}") from None
         codec.name = card.name
         codec.card_settings = dict(card.settings)
         return codec

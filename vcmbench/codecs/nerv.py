@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..cards import Card, stable_hash
+from ..cards import stable_hash
 from ..errors import CodecError, QualityError
 from ..video import Clip
 from .base import Bitstream, Codec
@@ -183,18 +183,6 @@ class NeRVCodec(Codec):
         self.device = device
         self.progress = bool(progress)
         self._torch_device: Any = None
-
-    @classmethod
-    def from_card(cls, card: Card) -> Codec:
-        try:
-            codec = cls(**dict(card.settings))
-        except TypeError as exc:
-            raise CodecError(f"{card.path}: bad settings for codec {card.name!r}: {exc}") from exc
-        except CodecError as exc:
-            raise CodecError(f"{card.path}: {str(exc).replace('codec codec', f'codec {card.name}')}") from None
-        codec.name = card.name
-        codec.card_settings = dict(card.settings)
-        return codec  # its default ladder is checked by `vcmbench validate` and, as used, by the runner
 
     # ---- identity ------------------------------------------------------------------------------
     def torch_device(self) -> Any:
