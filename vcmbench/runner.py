@@ -410,12 +410,12 @@ class Runner:
         """Decode and predict every pending image of one task, committing batch by batch."""
         task = res.tasks[task_name]
         where = {key: (u, item, sha, key) for u, item, sha, key in work}
-        self.log(f"{task_name}: {len(work)} {'clips' if any(res.datasets[u.dataset][0].media == 'video' for u, _, _, _ in work) else 'images'} to infer")
-        bar = _progress(None, self.config.progress, total=len(work), desc=f"infer {task_name}")
-        failed = 0
         # a clip is predicted frame by frame, task.batch_size frames at a time: one clip per batch keeps
         # one decoded clip (plus those decoded ahead) in memory
         clips = any(res.datasets[u.dataset][0].media == "video" for u, _, _, _ in work)
+        self.log(f"{task_name}: {len(work)} {'clips' if clips else 'images'} to infer")
+        bar = _progress(None, self.config.progress, total=len(work), desc=f"infer {task_name}")
+        failed = 0
         for br in executor.infer(res.cards[task_name], self._decode_jobs(work, res), 1 if clips else task.batch_size):
             rows = []
             stats = []
