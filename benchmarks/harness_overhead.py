@@ -21,6 +21,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=None, help="images of coco-mini to use [all 79]")
     ap.add_argument("--qualities", default="5,10,20,40,70")
+    ap.add_argument("--background-scoring", choices=["auto", "on", "off"], default="auto",
+                    help="score units in a background process while the model infers (RunConfig.background_scoring)")
     args = ap.parse_args()
     shared = Path(os.environ.get("VCMBENCH_SHARED", "../shared"))
 
@@ -49,6 +51,7 @@ def main() -> None:
             data_roots={"*": str(shared / "data" / "coco-mini")},
             overrides={"yolov5": {"weights": str(shared / "weights" / "yolov5n.pt")}},
             qualities={"jpeg": [int(q) for q in args.qualities.split(",")]}, out=out, progress=False,
+            background_scoring=args.background_scoring,
         )  # fmt: skip
         t0 = time.perf_counter()
         report = run(cfg, log=lambda m: None)

@@ -10,12 +10,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
+import torch
+import yaml
 
+from vcmbench.cards import CardSet
 from vcmbench.cli import main
-from vcmbench.runner import run
+from vcmbench.errors import VcmbenchError
+from vcmbench.runner import RunConfig, Runner, run
 
 from .helpers import cli_args, config, small_coco
 
@@ -221,3 +226,52 @@ def test_crashing_encoder_keeps_other_results_and_rerun_completes(
     fixed = run(config(tmp_path / "o", coco, yolov5n_weights, codecs=["vvenc"], qualities={"vvenc": [37, 42]},
                        overrides={"yolov5": {"weights": str(yolov5n_weights)}, "vvenc": {"preset": "faster"}}))  # fmt: skip
     assert fixed.ok and fixed.work["encodes"] == 3 and fixed.work["inferences"] == 3
+
+
+def _synth_grid(out: Path, **kw: Any) -> RunConfig:
+    return RunConfig(codecs=["jpeg"], tasks=kw.pop("tasks", ["synth_det"]), datasets=["synth"],
+                     qualities={"jpeg": [10, 40, 80]}, limit=10, out=str(out), progress=False, **kw)  # fmt: skip
+
+
+def test_background_scoring_gives_the_inline_results(tmp_path: Path) -> None:
+    """Units scored in the background process while the model infers the next ones: same table as scoring
+    every unit in the driver after inference, and the last unit (nothing left to overlap) in the driver."""
+    inline = Runner(_synth_grid(tmp_path / "inline", background_scoring="off"))
+    ref = inline.run()
+    assert ref.ok and inline.scorer.scored == 0
+    logs: list[str] = []
+    bg = Runner(_synth_grid(tmp_path / "bg", background_scoring="on"), log=logs.append)
+    report = bg.run()
+    assert report.ok, report.failures
+    assert 1 <= bg.scorer.scored <= 3  # of the 4 units, the one finishing with the last batch is scored here
+    assert report.work == ref.work
+    assert not [m for m in logs if "background scoring" in m]
+    cols = ["codec", "quality", "metric", "value", "n_items", "n_failed", "bpp"]
+    pd.testing.assert_frame_equal(_table(report)[cols], _table(ref)[cols])
+    # "auto" on this CPU-only machine: the scoring process would only compete with the model
+    auto = Runner(_synth_grid(tmp_path / "bg"))
+    assert auto.config.background_scoring == "auto"
+    if not torch.cuda.is_available():
+        assert auto._background_mode() == "off"
+    with pytest.raises(VcmbenchError, match="auto, on or off"):
+        Runner(_synth_grid(tmp_path / "bad", background_scoring="yes"))._background_mode()
+
+
+def test_a_dying_scoring_process_loses_nothing(tmp_path: Path) -> None:
+    cards = CardSet()
+    det = cards.get("task", "synth_det")
+    (tmp_path / "cards" / "tasks").mkdir(parents=True)
+    (tmp_path / "cards" / "tasks" / "synth_det-dies.yaml").write_text(yaml.safe_dump({
+        "name": "synth_det-dies", "adapter": "tests.scoring_fakes:DiesOutsideTheDriver", "version": 1,
+        "settings": {**dict(det.settings), "driver_pid": os.getpid()},
+    }))  # fmt: skip
+    logs: list[str] = []
+    runner = Runner(_synth_grid(tmp_path / "out", tasks=["synth_det-dies"], background_scoring="on",
+                                cards_dirs=[str(tmp_path / "cards")]), log=logs.append)  # fmt: skip
+    report = runner.run()
+    assert report.ok, report.failures
+    assert runner.scorer.scored == 0
+    assert any("scoring process ended (exit code 3)" in m for m in logs), logs
+    ref = run(_synth_grid(tmp_path / "ref", background_scoring="off"))
+    cols = ["codec", "quality", "metric", "value", "n_items"]
+    pd.testing.assert_frame_equal(_table(report)[cols], _table(ref)[cols])

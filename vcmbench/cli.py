@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=None, help="parallel encodes/decodes [all cores]")
     r.add_argument("--batch-size", type=int, default=None, help="images per inference batch [task card]")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--background-scoring", choices=["auto", "on", "off"], default="auto",
+                   help="score finished units in a background process while the model infers the next ones; "
+                        "auto: when a GPU or a Ray cluster leaves this machine's CPU free")  # fmt: skip
     _ray_args(r)
 
     ls = sub.add_parser("ls", help="list codec, task and dataset cards with their settings (imports no models)")
@@ -240,6 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        background_scoring=args.background_scoring,
         classes=args.classes,
         executor=args.executor,
         address=args.address,

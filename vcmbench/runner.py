@@ -8,7 +8,9 @@ Stages, each resumable on its own:
 2. **infer**: per task, the model is loaded once; images are decoded in the
    worker pool (working ahead) and predicted in batches; each batch is
    committed as one transaction;
-3. **evaluate** every unit from the stored predictions (pycocotools etc.).
+3. **evaluate** every unit from the stored predictions (pycocotools etc.);
+   a unit whose predictions are all stored while the model still has work is
+   scored meanwhile in a background process (see :mod:`vcmbench.scoring`).
 
 A failed item (corrupt image, crashed encoder) is recorded with its error and
 retried on the next run; every other result is kept. The driver is the only
@@ -33,7 +35,6 @@ import numpy as np
 from .cards import Card, CardError, CardSet, stable_hash
 from .codecs.base import Bitstream, Codec
 from .datasets.base import Dataset, Item
-from .datasets.video import FRAME_SEP
 from .errors import VcmbenchError
 from .executors.base import (
     DecodeJob,
@@ -47,6 +48,7 @@ from .executors.base import (
 from .executors.local import LocalExecutor
 from .plan import REFERENCE, DatasetSelection, WorkUnit, expand_grid, quality_label
 from .provenance import provenance
+from .scoring import BackgroundScorer, score_unit
 from .store import TIDY_COLUMNS, Store
 from .tasks.base import Task
 
@@ -57,6 +59,8 @@ DEFAULT_DATASETS = ("synth",)
 #: card settings of the default run (`vcmbench run` without --codec/--task/--dataset): VVenC `faster` costs
 #: ~0.7 s of CPU per 320x240 synth image for its 6 QPs, `medium` ~6.7 s, which alone would take the default
 #: run past 5 minutes on 2 cores; --set vvenc.preset=medium restores it
+#: smallest unit (images, or frames of clips) that background_scoring="auto" scores in the background
+BACKGROUND_MIN_ITEMS = 32
 DEFAULT_RUN_OVERRIDES: dict[str, dict[str, Any]] = {"vvenc": {"preset": "faster"}}
 
 
@@ -88,6 +92,10 @@ class RunConfig:
     address: str | None = None
     #: keyword arguments of RayExecutor (cpus_per_encode, gpus_per_model, model_resources, max_retries, ...)
     ray_options: dict[str, Any] = field(default_factory=dict)
+    #: score finished units in a background process while the model infers the next ones: "on", "off", or
+    #: "auto": on where the model leaves the driver's CPU free (a GPU here, or models on a Ray cluster) for units
+    #: of at least BACKGROUND_MIN_ITEMS images (frames) -- on a CPU-only machine the two would only compete
+    background_scoring: str = "auto"
 
 
 @dataclass
@@ -189,6 +197,7 @@ class Runner:
         self.work = {"encodes": 0, "decodes": 0, "inferences": 0, "evaluations": 0}
         self.failures: list[Failure] = []
         self.run_id: str | None = None
+        self.scorer = BackgroundScorer(self.log)
 
     # ---- resolution: everything that can be wrong is found before any work -------------------
     def resolve(self) -> _Resolved:
@@ -248,6 +257,7 @@ class Runner:
             task.identity()  # resolves weights now: a missing file is an error before any work
             tasks[name] = task
         _check_media(codecs, tasks, datasets)
+        self._background_mode()  # a bad value is an error before any work
         return _Resolved(codecs, tasks, datasets, chosen)
 
     def make_executor(self) -> Executor:
@@ -305,6 +315,8 @@ class Runner:
                 status = "interrupted"
                 rows = []
                 self.log("interrupted: every finished result is stored; run the same command again to resume")
+            finally:
+                self.scorer.close(cancel=status == "interrupted")
         if status == "done" and self.failures:
             status = "failed"
         self.store.finish_run(run_id, status)
@@ -373,16 +385,77 @@ class Runner:
     def _infer_stage(self, units: Sequence[WorkUnit], res: _Resolved, executor: Executor) -> None:
         pending: dict[str, list[_Job]] = defaultdict(list)
         queued: set[str] = set()
+        # units to score in the background as their last prediction is stored: unit key -> predictions to wait for
+        self._waiting: dict[str, set[str]] = {}
+        self._owners: dict[str, list[WorkUnit]] = defaultdict(list)
+        ready: list[WorkUnit] = []
+        mode = self._background_mode()
         for u in units:
             _, items, shas = res.datasets[u.dataset]
             keys = u.prediction_keys()
             status = self.store.prediction_status(keys)
+            missing = set()
             for item, sha, key in zip(items, shas, keys, strict=True):
-                if status.get(key) != "done" and key not in queued:
-                    queued.add(key)
-                    pending[u.task].append((u, item, sha, key))
+                if status.get(key) != "done":
+                    missing.add(key)
+                    if key not in queued:
+                        queued.add(key)
+                        pending[u.task].append((u, item, sha, key))
+            if self._score_in_background(u, res, mode):
+                if missing:
+                    self._waiting[u.key] = missing
+                    for key in missing:
+                        self._owners[key].append(u)
+                else:
+                    ready.append(u)
+        self._left = len(queued)
+        if self._left:  # scoring the finished units overlaps inference only if there is some
+            for u in ready:
+                self._submit_scoring(u, res)
         for task_name, work in pending.items():
             self._infer_task(task_name, work, res, executor)
+
+    def _background_mode(self) -> str:
+        mode = self.config.background_scoring
+        if mode not in ("auto", "on", "off"):
+            raise VcmbenchError(f"background_scoring must be auto, on or off, not {mode!r}")
+        if mode == "auto":
+            import torch
+
+            remote = self.config.executor == "ray" and bool(self.config.address)
+            mode = "auto" if remote or torch.cuda.is_available() else "off"
+        return mode
+
+    def _score_in_background(self, u: WorkUnit, res: _Resolved, mode: str) -> bool:
+        if mode == "off" or not res.tasks[u.task].background_scoring or not self._needs_evaluation(u):
+            return False
+        if mode == "on":
+            return True
+        ds, items, _ = res.datasets[u.dataset]
+        size = sum(int(it.meta.get("frames") or 1) for it in items) if ds.media == "video" else len(items)
+        return size >= BACKGROUND_MIN_ITEMS
+
+    def _submit_scoring(self, u: WorkUnit, res: _Resolved) -> None:
+        _, items, _ = res.datasets[u.dataset]
+        _, _, done, _ = self._gather(u, res)
+        if done:
+            self.scorer.submit(u.key, res.cards[u.task], res.cards[u.dataset], items, done)
+
+    def _stored(self, keys: Iterable[str], res: _Resolved) -> None:
+        """Predictions ``keys`` are stored (done or failed): start scoring the units they complete while the
+        model still has work (the last unit is scored in this process, where nothing waits for it)."""
+        keys = list(keys)
+        self._left -= len(keys)
+        for key in keys:
+            for u in self._owners.pop(key, ()):
+                left = self._waiting.get(u.key)
+                if left is None:
+                    continue
+                left.discard(key)
+                if not left:
+                    del self._waiting[u.key]
+                    if self._left > 0:
+                        self._submit_scoring(u, res)
 
     def _decode_jobs(self, work: list[_Job], res: _Resolved) -> Iterator[DecodeJob]:
         """Jobs for the executor; bitstreams are read from the cache lazily, as the executor asks."""
@@ -439,6 +512,7 @@ class Runner:
                 for ekey, dsec, p in stats:
                     self.store.set_decode_stats(ekey, dsec, p)
             self.store.put_predictions(rows)
+            self._stored((r["key"] for r in rows), res)
             bar.update(len(rows))
             failed += sum(r["status"] == "failed" for r in rows)
             _show_status(bar, executor, failed)
@@ -454,35 +528,22 @@ class Runner:
         return row
 
     # ---- stage 3: evaluate -------------------------------------------------------------------
+    def _needs_evaluation(self, u: WorkUnit) -> bool:
+        cached = self.store.evaluation(u.key)
+        return cached is None or bool(cached["n_failed"])
+
     def _evaluate_stage(self, units: Sequence[WorkUnit], res: _Resolved) -> list[dict[str, Any]]:
         run_id = self.run_id
         assert run_id is not None
         for u in _progress(units, self.config.progress, desc="evaluate"):
-            cached = self.store.evaluation(u.key)
-            if cached is None or cached["n_failed"]:
+            if self._needs_evaluation(u):
                 self._evaluate_unit(u, res, run_id)
         # the tidy table is read back from the store: one code path for fresh and cached units
         return self.store.tidy_rows(run_id)
 
-    @staticmethod
-    def _evaluate_frames(task: Task, ds: Any, items: Sequence[Item], done: dict[str, Any]) -> dict[str, float]:
-        """A clip dataset: score the labelled frames of every clip, then each of the dataset's groups
-        (each clip, each class) alone, reported as ``<metric>/<group>`` for the task's headline metrics."""
-        frames = ds.frame_predictions(done)
-        metrics = task.evaluate(frames, ds)
-        scored = [it for it in items if it.id in done]
-        for group, ids in ds.groups(scored).items():
-            wanted = set(ids)
-            sub = {k: v for k, v in frames.items() if k.rpartition(FRAME_SEP)[0] in wanted}
-            if not sub:
-                continue
-            part = task.evaluate(sub, ds)
-            metrics.update({f"{m}/{group}": part[m] for m in task.metrics if m in part})
-        return metrics
-
-    def _evaluate_unit(self, u: WorkUnit, res: _Resolved, run_id: str | None) -> None:
-        ds, items, shas = res.datasets[u.dataset]
-        task = res.tasks[u.task]
+    def _gather(self, u: WorkUnit, res: _Resolved) -> tuple[list[str], dict[str, Any], dict[str, Any], list[str]]:
+        """A unit's prediction keys, stored rows, finished predictions (item id -> prediction), failed items."""
+        _, items, _ = res.datasets[u.dataset]
         keys = u.prediction_keys()
         preds = self.store.predictions(keys)
         done: dict[str, Any] = {}
@@ -493,12 +554,15 @@ class Runner:
                 done[item.id] = json.loads(row["preds"])
             else:
                 failed.append(item.id)
-        if done and ds.media == "video":
-            metrics = self._evaluate_frames(task, ds, items, done)
-        elif done:
-            metrics = task.evaluate(done, ds)
-        else:
-            metrics = {m: float("nan") for m in task.metrics}
+        return keys, preds, done, failed
+
+    def _evaluate_unit(self, u: WorkUnit, res: _Resolved, run_id: str | None) -> None:
+        ds, items, shas = res.datasets[u.dataset]
+        task = res.tasks[u.task]
+        keys, preds, done, failed = self._gather(u, res)
+        metrics = self.scorer.take(u.key)
+        if metrics is None:
+            metrics = score_unit(task, ds, items, done)
         self.work["evaluations"] += 1
         rate: dict[str, Any] = {"nbytes": None, "pixels": None, "bpp": None, "bpp_mean": None, "psnr": None,
                                 "encode_s": None, "decode_s": None, "kbps": None}  # fmt: skip

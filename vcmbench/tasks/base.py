@@ -27,6 +27,9 @@ class Task(ABC):
     #: datasets it can score: "image" and, for tasks scoring frames against a dataset's COCO ground truth
     #: (``coco_gt()`` / ``image_id()``, as video datasets provide per frame), "video"
     media: ClassVar[tuple[str, ...]] = ("image",)
+    #: ``evaluate`` needs only the predictions and the dataset (no model), so the runner may score units in a
+    #: background process built from the cards while the model works on
+    background_scoring: ClassVar[bool] = True
 
     name: str = "task"
     card_settings: Mapping[str, Any] = {}

@@ -107,6 +107,7 @@ class FacesTask(Task):
     """
 
     metrics: ClassVar[tuple[str, ...]] = ("face_recall",)
+    background_scoring: ClassVar[bool] = False  # evaluate runs the detector on the originals (when not cached)
     location_settings: ClassVar[tuple[str, ...]] = ("device", "cache")
 
     def __init__(
