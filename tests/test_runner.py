@@ -21,6 +21,7 @@ from vcmbench.cards import CardSet
 from vcmbench.cli import main
 from vcmbench.errors import VcmbenchError
 from vcmbench.runner import RunConfig, Runner, run
+from vcmbench.scoring import BackgroundScorer
 
 from .helpers import cli_args, config, small_coco
 
@@ -275,3 +276,16 @@ def test_a_dying_scoring_process_loses_nothing(tmp_path: Path) -> None:
     ref = run(_synth_grid(tmp_path / "ref", background_scoring="off"))
     cols = ["codec", "quality", "metric", "value", "n_items"]
     pd.testing.assert_frame_equal(_table(report)[cols], _table(ref)[cols])
+
+
+def test_cancelled_background_scorer_stops_its_process_at_once(tmp_path: Path) -> None:
+    cards = CardSet()
+    task, ds = cards.get("task", "synth_det"), cards.get("dataset", "synth")
+    items = ds.build().items(limit=2)
+    scorer = BackgroundScorer(log=lambda m: None)
+    scorer.submit("unit", task, ds, items, {it.id: [] for it in items})
+    proc = scorer._proc
+    assert proc is not None and proc.poll() is None
+    scorer.close(cancel=True)  # Ctrl-C: the run keeps what it stored and does not wait for the scorer
+    assert proc.poll() == -signal.SIGKILL
+    assert scorer.take("unit") is None  # nothing pending any more: the driver would score it itself
