@@ -513,8 +513,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
         "crop": cfg.crop, "batch_size": cfg.batch_size, "seed": cfg.seed, "train_dir": str(cfg.train_dir),
         "train_images": len(sampler), "masks": str(cfg.masks) if cfg.masks else None,
         "masks_params": _mask_params(cfg.masks) if cfg.codec in MASKED else None,
-        "init": cfg.init, "final_eval": final_eval, "train_seconds": round(elapsed, 1),
-    }  # fmt: skip
+        "init": cfg.init, "final_eval": final_eval,
+    }  # fmt: skip  (no wall time here: the same settings and data give the same checkpoint bytes)
     ckpt = save_checkpoint(model, out / cfg.final_name, cfg.arch, cfg.arch_kwargs, meta, cfg.save_dtype)
     sha = sha256_file(ckpt)
     say(f"final checkpoint {ckpt} (sha256 {sha}); eval batch: loss {final_eval['loss']:.4f}, "
