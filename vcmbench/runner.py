@@ -59,9 +59,9 @@ DEFAULT_DATASETS = ("synth",)
 #: card settings of the default run (`vcmbench run` without --codec/--task/--dataset): VVenC `faster` costs
 #: ~0.7 s of CPU per 320x240 synth image for its 6 QPs, `medium` ~6.7 s, which alone would take the default
 #: run past 5 minutes on 2 cores; --set vvenc.preset=medium restores it
+DEFAULT_RUN_OVERRIDES: dict[str, dict[str, Any]] = {"vvenc": {"preset": "faster"}}
 #: smallest unit (images, or frames of clips) that background_scoring="auto" scores in the background
 BACKGROUND_MIN_ITEMS = 32
-DEFAULT_RUN_OVERRIDES: dict[str, dict[str, Any]] = {"vvenc": {"preset": "faster"}}
 
 
 @dataclass
@@ -187,6 +187,8 @@ class _Resolved:
     tasks: dict[str, Task]
     datasets: dict[str, tuple[Dataset, list[Item], list[str]]]
     cards: dict[str, Card]
+    #: background scoring as it applies on this machine: "on", "off" or "auto" (by unit size)
+    scoring: str
 
 
 class Runner:
@@ -257,8 +259,8 @@ class Runner:
             task.identity()  # resolves weights now: a missing file is an error before any work
             tasks[name] = task
         _check_media(codecs, tasks, datasets)
-        self._background_mode()  # a bad value is an error before any work
-        return _Resolved(codecs, tasks, datasets, chosen)
+        # a bad value is an error before any work
+        return _Resolved(codecs, tasks, datasets, chosen, self._background_mode())
 
     def make_executor(self) -> Executor:
         cfg = self.config
@@ -389,7 +391,6 @@ class Runner:
         self._waiting: dict[str, set[str]] = {}
         self._owners: dict[str, list[WorkUnit]] = defaultdict(list)
         ready: list[WorkUnit] = []
-        mode = self._background_mode()
         for u in units:
             _, items, shas = res.datasets[u.dataset]
             keys = u.prediction_keys()
@@ -401,7 +402,7 @@ class Runner:
                     if key not in queued:
                         queued.add(key)
                         pending[u.task].append((u, item, sha, key))
-            if self._score_in_background(u, res, mode):
+            if self._score_in_background(u, res):
                 if missing:
                     self._waiting[u.key] = missing
                     for key in missing:
@@ -426,7 +427,8 @@ class Runner:
             mode = "auto" if remote or torch.cuda.is_available() else "off"
         return mode
 
-    def _score_in_background(self, u: WorkUnit, res: _Resolved, mode: str) -> bool:
+    def _score_in_background(self, u: WorkUnit, res: _Resolved) -> bool:
+        mode = res.scoring
         if mode == "off" or not res.tasks[u.task].background_scoring or not self._needs_evaluation(u):
             return False
         if mode == "on":
