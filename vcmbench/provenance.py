@@ -12,7 +12,7 @@ from typing import Any
 
 PACKAGES = (
     "vcmbench", "torch", "torchvision", "numpy", "pillow", "opencv-python-headless", "opencv-python",
-    "pycocotools", "yolov5", "imageio-ffmpeg", "compressai", "ultralytics", "ray", "pandas", "scipy",
+    "pycocotools", "faster-coco-eval", "yolov5", "imageio-ffmpeg", "compressai", "ultralytics", "ray", "pandas", "scipy",
 )  # fmt: skip
 
 
@@ -53,4 +53,9 @@ def machine() -> dict[str, Any]:
 
 
 def provenance() -> dict[str, Any]:
-    return {"git": git_commit(), "packages": package_versions(), "machine": machine(), "argv": sys.argv}
+    from .metrics.coco_map import resolve_backend
+
+    return {
+        "git": git_commit(), "packages": package_versions(), "machine": machine(), "argv": sys.argv,
+        "coco_eval": resolve_backend(),
+    }  # fmt: skip

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections import defaultdict
@@ -46,6 +47,8 @@ from .executors.base import (
     error_text,
 )
 from .executors.local import LocalExecutor
+from .metrics.coco_map import BACKEND_ENV as COCO_EVAL_ENV
+from .metrics.coco_map import resolve_backend
 from .plan import REFERENCE, DatasetSelection, WorkUnit, expand_grid, quality_label
 from .provenance import provenance
 from .scoring import BackgroundScorer, score_unit
@@ -96,6 +99,10 @@ class RunConfig:
     #: "auto": on where the model leaves the driver's CPU free (a GPU here, or models on a Ray cluster) for units
     #: of at least BACKGROUND_MIN_ITEMS images (frames) -- on a CPU-only machine the two would only compete
     background_scoring: str = "auto"
+    #: COCO mAP evaluation backend, "faster_coco_eval" or "pycocotools" (same numbers; see metrics/coco_map.py).
+    #: None: $VCMBENCH_COCO_EVAL, else faster_coco_eval. A chosen one is put in $VCMBENCH_COCO_EVAL for the
+    #: processes this run starts.
+    coco_eval: str | None = None
 
 
 @dataclass
@@ -204,6 +211,11 @@ class Runner:
     # ---- resolution: everything that can be wrong is found before any work -------------------
     def resolve(self) -> _Resolved:
         cfg = self.config
+        if cfg.coco_eval is not None:
+            try:
+                os.environ[COCO_EVAL_ENV] = resolve_backend(cfg.coco_eval)
+            except ValueError as e:
+                raise VcmbenchError(str(e)) from None
         cards = CardSet([Path(d) for d in cfg.cards_dirs])
         chosen: dict[str, Card] = {}
         for kind, names in (("codec", cfg.codecs), ("task", cfg.tasks), ("dataset", cfg.datasets)):
