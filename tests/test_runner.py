@@ -19,7 +19,11 @@ import yaml
 
 from vcmbench.cards import CardSet
 from vcmbench.cli import main
+from vcmbench.datasets.base import Item
 from vcmbench.errors import VcmbenchError
+from vcmbench.executors.base import EncodeJob, longest_first
+from vcmbench.executors.local import LocalExecutor
+from vcmbench.metrics.coco_map import BACKEND_ENV
 from vcmbench.runner import RunConfig, Runner, run
 from vcmbench.scoring import BackgroundScorer
 
@@ -93,6 +97,58 @@ def _done_predictions(db: Path) -> int:
         return int(n)
     except sqlite3.OperationalError:
         return 0
+
+
+def test_encodes_are_submitted_largest_source_file_first(
+    tmp_path: Path, coco_mini: Path, yolov5n_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coco = tmp_path / "coco"
+    ids = small_coco(coco_mini, coco, 6)
+    sizes = {i: (coco / "val2017" / f"{int(i):012d}.jpg").stat().st_size for i in ids}
+    assert [sizes[i] for i in ids] != sorted(sizes.values(), reverse=True)  # the dataset's order is another one
+    submitted: list[EncodeJob] = []
+    encode = LocalExecutor.encode
+
+    def spy(self: LocalExecutor, jobs: Any) -> Any:
+        jobs = list(jobs)
+        submitted.extend(jobs)
+        return encode(self, jobs)
+
+    monkeypatch.setattr(LocalExecutor, "encode", spy)
+    report = run(config(tmp_path / "out", coco, yolov5n_weights, qualities={"jpeg": [10, 40]}))
+    assert report.ok and len(submitted) == 12
+    order = [j.item.path.stat().st_size for j in submitted]
+    assert order == sorted(order, reverse=True)
+    assert [j.item.id for j in submitted[:2]] == [max(sizes, key=sizes.get)] * 2  # both qualities of the largest
+
+
+def test_longest_first_is_stable_and_puts_unreadable_files_last(tmp_path: Path) -> None:
+    files = {}
+    for name, n in (("a", 10), ("b", 30), ("c", 10), ("d", 20)):
+        files[name] = tmp_path / name
+        files[name].write_bytes(b"x" * n)
+    jobs = [EncodeJob(f"{k}{q}", None, q, None, Item(k, files[k])) for k in "abcd" for q in (1, 2)]  # type: ignore[arg-type]
+    jobs.insert(3, EncodeJob("gone", None, 1, None, Item("gone", tmp_path / "missing")))  # type: ignore[arg-type]
+    assert [j.key for j in longest_first(jobs)] == ["b1", "b2", "d1", "d2", "a1", "a2", "c1", "c2", "gone"]
+
+
+def test_both_coco_backends_give_the_same_run_table_and_provenance_names_the_one_used(
+    tmp_path: Path, coco_mini: Path, yolov5n_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    coco = tmp_path / "coco"
+    small_coco(coco_mini, coco, 6)
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    fast = run(config(tmp_path / "fast", coco, yolov5n_weights, qualities={"jpeg": [20]}))
+    ref = run(config(tmp_path / "ref", coco, yolov5n_weights, qualities={"jpeg": [20]}, coco_eval="pycocotools"))
+    assert os.environ[BACKEND_ENV] == "pycocotools"  # what processes started by the run inherit
+    cols = ["codec", "quality", "metric", "value", "bpp", "n_items", "n_failed"]
+    a, b = _table(fast)[cols], _table(ref)[cols]
+    assert (a.metric == "map").any() and a.value.notna().all()
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=0, atol=1e-12)
+    names = [json.loads((r.run_dir / "run.json").read_text())["provenance"]["coco_eval"] for r in (fast, ref)]
+    assert names == ["faster_coco_eval", "pycocotools"]
+    with pytest.raises(VcmbenchError, match="unknown COCO evaluation backend 'fast'"):
+        run(config(tmp_path / "bad", coco, yolov5n_weights, coco_eval="fast"))
 
 
 def test_resume_after_sigkill_recomputes_nothing_finished(tmp_path: Path, coco_mini: Path, yolov5n_weights: Path) -> None:

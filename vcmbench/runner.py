@@ -45,6 +45,7 @@ from .executors.base import (
     Executor,
     adapter,
     error_text,
+    longest_first,
 )
 from .executors.local import LocalExecutor
 from .metrics.coco_map import BACKEND_ENV as COCO_EVAL_ENV
@@ -372,7 +373,7 @@ class Runner:
         todo = [k for k in jobs if not (k in have and have[k].status == "done" and self.store.has_blob(have[k].blob))]
         if not todo:
             return
-        outcomes = executor.encode(jobs[k] for k in todo)
+        outcomes = executor.encode(longest_first(jobs[k] for k in todo))
         bar = _progress(outcomes, self.config.progress, total=len(todo), desc="encode")
         for out in bar:
             u, item, sha = where[out.job.key]
