@@ -12,6 +12,11 @@
    run at 2 CPUs the two workers' ffmpeg children used 41.9 s and 35.5 s of CPU: one slot stood
    idle for about 6 s of the 43.3 s. Ray's own processes (raylet, GCS, log monitor, ...) used 2.9 s
    of CPU in that time. That idle slot comes from the size of the grid, not from the executor.
+   Jobs go in the runner's order, largest source file first. "N CPUs" means N cores: each
+   variant, with every process it starts (Ray's raylet, GCS and agents as well as the encoders),
+   is confined to the first N cores. With ``--slots-only``, 1 CPU is one task slot with all cores
+   free, so at 1 CPU Ray's daemons have a core of their own and at 2 CPUs they take from the
+   encoders. That counts a fixed cost of Ray as a loss of scaling.
 2. **Overhead** on a cheap grid: JPEG (qualities 10, 40, plus uncompressed) x YOLOv5n,
    the whole run (encode, decode, predict, evaluate, store; each run loads the model afresh, as a new
    `vcmbench run` process would) with ``--executor local``
@@ -30,12 +35,14 @@ root needed), like the tests.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +96,21 @@ def timed_encodes(executor: Any, jobs: list[Any]) -> float:
     return time.perf_counter() - t
 
 
-def scaling(shared: Path, n: int, preset: str, qp: int, repeats: int) -> None:
+@contextlib.contextmanager
+def cores(n: int | None) -> Iterator[None]:
+    """Confine this thread, and every process and thread it starts meanwhile, to the first ``n`` of its cores."""
+    if n is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(before)[:n])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def scaling(shared: Path, n: int, preset: str, qp: int, repeats: int, confine: bool) -> None:
     import ray
 
     from vcmbench.executors.local import LocalExecutor
@@ -99,19 +120,22 @@ def scaling(shared: Path, n: int, preset: str, qp: int, repeats: int) -> None:
     warm = encode_jobs(shared, 4, preset, 47)
     print(f"\n1. scaling: VVenC {preset} QP {qp}, {len(jobs)} coco-mini images, {repeats} repeat(s), best of each "
           f"(load before: {load_avg()})")  # fmt: skip
+    print("   N CPUs = " + ("N cores: everything the executor starts (Ray's daemons too) is confined to N cores"
+                           if confine else "N slots (Ray num_cpus / local workers) on all cores"))  # fmt: skip
     ray_t: dict[int, float] = {}
     local_t: dict[int, float] = {}
     for _ in range(repeats):  # interleaved, so that a burst of load from elsewhere hits every variant alike
         for cpus in (1, 2):
-            start_ray(cpus)
-            with RayExecutor(log=lambda m: None) as ex:
-                timed_encodes(ex, warm[: 2 * cpus])  # every worker started, codec built
-                t = timed_encodes(ex, jobs)
-            ray.shutdown()
+            with cores(cpus if confine else None):
+                start_ray(cpus)
+                with RayExecutor(log=lambda m: None) as ex:
+                    timed_encodes(ex, warm[: 2 * cpus])  # every worker started, codec built
+                    t = timed_encodes(ex, jobs)
+                ray.shutdown()
             ray_t[cpus] = min(ray_t.get(cpus, t), t)
             print(f"   ray   {cpus} CPU : {t:6.2f} s  ({len(jobs) / t:.2f} images/s)  load {load_avg()}")
         for workers in (1, 2):
-            with LocalExecutor(workers) as ex:
+            with cores(workers if confine else None), LocalExecutor(workers) as ex:
                 timed_encodes(ex, warm[:workers])
                 t = timed_encodes(ex, jobs)
             local_t[workers] = min(local_t.get(workers, t), t)
@@ -196,6 +220,9 @@ def main() -> None:
     ap.add_argument("--cheap-n", default="8,24", help="grid sizes (images) of the overhead runs")
     ap.add_argument("--repeats", type=int, default=2, help="measurements of each variant (the best is kept)")
     ap.add_argument("--only", choices=["scaling", "overhead"], default=None)
+    ap.add_argument("--slots-only", action="store_true",
+                    help="scaling: 1 CPU = one task slot on all cores, leaving Ray's daemons a free core at 1 CPU "
+                         "(default: 1 CPU = one core, for Ray's daemons as for the encodes)")
     ap.add_argument("--no-netns", action="store_true", help="do not move into a private network namespace")
     args = ap.parse_args()
     if not args.no_netns and not in_private_netns():
@@ -205,7 +232,7 @@ def main() -> None:
     shared = Path(os.environ.get("VCMBENCH_SHARED", "../shared")).resolve()
     print(f"machine: {os.cpu_count()} CPUs, load average {load_avg()}")
     if args.only in (None, "scaling"):
-        scaling(shared, args.n, args.preset, args.qp, args.repeats)
+        scaling(shared, args.n, args.preset, args.qp, args.repeats, confine=not args.slots_only)
     if args.only in (None, "overhead"):
         overhead(shared, [int(x) for x in args.cheap_n.split(",")], args.repeats)
 
