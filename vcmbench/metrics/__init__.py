@@ -1,1 +1,1 @@
-"""Metrics: COCO mAP (pycocotools) and Bjontegaard deltas."""
+"""Metrics: COCO mAP (pycocotools' protocol; faster-coco-eval or pycocotools as backend), PQ and Bjontegaard deltas."""
