@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from vcmbench.metrics.coco_map import BACKENDS, resolve_backend
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,7 +25,7 @@ def main() -> None:
     ap.add_argument("--qualities", default="5,10,20,40,70")
     ap.add_argument("--background-scoring", choices=["auto", "on", "off"], default="auto",
                     help="score units in a background process while the model infers (RunConfig.background_scoring)")
-    ap.add_argument("--coco-eval", choices=["faster_coco_eval", "pycocotools"], default=None,
+    ap.add_argument("--coco-eval", choices=BACKENDS, default=None,
                     help="COCO mAP backend (RunConfig.coco_eval) [$VCMBENCH_COCO_EVAL, else faster_coco_eval]")
     args = ap.parse_args()
     shared = Path(os.environ.get("VCMBENCH_SHARED", "../shared"))
@@ -65,8 +67,6 @@ def main() -> None:
     print(f"encode / decode / inference seconds: {enc:.2f} / {dec:.2f} / {inf:.2f}  (sum {work:.2f})")
     print(f"wall seconds        : {wall:.2f}")
     print(f"overhead ratio      : {wall / work:.3f}  (target <= 1.15)")
-    from vcmbench.metrics.coco_map import resolve_backend
-
     print(f"evaluation seconds  : {eval_s[0]:.2f}  (COCO mAP of {report.work['evaluations']} units, backend {resolve_backend()})")
     print(f"ratio with the evaluation counted as work: {wall / (work + eval_s[0]):.3f}")
 

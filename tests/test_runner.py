@@ -149,6 +149,10 @@ def test_both_coco_backends_give_the_same_run_table_and_provenance_names_the_one
     assert names == ["faster_coco_eval", "pycocotools"]
     with pytest.raises(VcmbenchError, match="unknown COCO evaluation backend 'fast'"):
         run(config(tmp_path / "bad", coco, yolov5n_weights, coco_eval="fast"))
+    monkeypatch.setenv(BACKEND_ENV, "fast")  # a bad environment is refused as early, and no run is started
+    with pytest.raises(VcmbenchError, match=r"unknown COCO evaluation backend 'fast' \(from \$VCMBENCH_COCO_EVAL\)"):
+        run(config(tmp_path / "bad-env", coco, yolov5n_weights))
+    assert not (tmp_path / "bad-env" / "runs").exists()
 
 
 def test_resume_after_sigkill_recomputes_nothing_finished(tmp_path: Path, coco_mini: Path, yolov5n_weights: Path) -> None:

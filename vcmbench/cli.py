@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .cards import KINDS, CardError, CardSet, parse_overrides
+from .metrics.coco_map import BACKENDS as COCO_EVAL_BACKENDS
 from .train.commands import add_masks_parser, add_train_parser, cmd_masks, cmd_train
 
 EPILOG = """examples:
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--background-scoring", choices=["auto", "on", "off"], default="auto",
                    help="score finished units in a background process while the model infers the next ones; "
                         "auto: when a GPU or a Ray cluster leaves this machine's CPU free")  # fmt: skip
-    r.add_argument("--coco-eval", choices=["faster_coco_eval", "pycocotools"], default=None,
+    r.add_argument("--coco-eval", choices=COCO_EVAL_BACKENDS, default=None,
                    help="COCO mAP backend, same numbers: faster_coco_eval (pycocotools' evaluator in C++, "
                         "about 6x faster) or pycocotools (the reference) [$VCMBENCH_COCO_EVAL, else faster_coco_eval]")
     _ray_args(r)

@@ -212,11 +212,12 @@ class Runner:
     # ---- resolution: everything that can be wrong is found before any work -------------------
     def resolve(self) -> _Resolved:
         cfg = self.config
+        try:
+            coco_eval = resolve_backend(cfg.coco_eval)  # checks $VCMBENCH_COCO_EVAL too, before any work
+        except ValueError as e:
+            raise VcmbenchError(str(e)) from None
         if cfg.coco_eval is not None:
-            try:
-                os.environ[COCO_EVAL_ENV] = resolve_backend(cfg.coco_eval)
-            except ValueError as e:
-                raise VcmbenchError(str(e)) from None
+            os.environ[COCO_EVAL_ENV] = coco_eval
         cards = CardSet([Path(d) for d in cfg.cards_dirs])
         chosen: dict[str, Card] = {}
         for kind, names in (("codec", cfg.codecs), ("task", cfg.tasks), ("dataset", cfg.datasets)):

@@ -166,7 +166,7 @@ def longest_first(jobs: Iterable[EncodeJob]) -> list[EncodeJob]:
         if path not in sizes:
             try:
                 sizes[path] = path.stat().st_size
-            except (OSError, TypeError, AttributeError):
+            except OSError:
                 sizes[path] = -1
         return sizes[path]
 
