@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
+from vcmbench.adapters import build
 from vcmbench.cards import CardSet
-from vcmbench.video import Clip, kbps, psnr_clip, read_video_file
+from vcmbench.media.clip import Clip, kbps, psnr_clip, read_video_file
 
 
 def code(codec: Any, clip: Clip, q: Any) -> dict[str, Any]:
@@ -68,9 +69,9 @@ def main() -> None:
     card = cards.get("codec", args.codec)
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     card = card.with_settings(progress=False, **overrides)
-    nerv = card.build()
+    nerv = build(card)
     points = [int(p) for p in args.points.split(",")] if args.points else list(card.qualities)
-    vvenc = cards.get("codec", "vvenc").with_settings(preset=args.vvenc_preset, video_config="ra").build()
+    vvenc = build(cards.get("codec", "vvenc").with_settings(preset=args.vvenc_preset, video_config="ra"))
     vvenc.name = "vvenc"
 
     rows = {"clip": {"file": args.video, "frames": clip.num_frames, "width": clip.width, "height": clip.height,

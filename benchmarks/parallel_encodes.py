@@ -16,9 +16,10 @@ import os
 import time
 from pathlib import Path
 
+from vcmbench.adapters import build
 from vcmbench.cards import CardSet
-from vcmbench.datasets.base import read_rgb
 from vcmbench.executors.local import LocalExecutor, default_workers
+from vcmbench.media.image import read_rgb
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     card = CardSet().get("codec", args.codec)
     if "preset" in card.settings:
         card = card.with_settings(preset=args.preset)
-    codec = card.build()
+    codec = build(card)
     codec.encode(images[0], args.qp)  # warm-up
 
     def timed(workers: int) -> float:

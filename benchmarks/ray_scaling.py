@@ -46,6 +46,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vcmbench.adapters import build
+
 
 def in_private_netns() -> bool:
     import socket
@@ -83,7 +85,7 @@ def encode_jobs(shared: Path, n: int, preset: str, qp: int) -> list[Any]:
     cards = CardSet()
     codec = cards.get("codec", "vvenc").with_settings(preset=preset)
     ds_card = cards.get("dataset", "coco").with_settings(root=str(shared / "data" / "coco-mini"))
-    items = ds_card.build().items(limit=n)
+    items = build(ds_card).items(limit=n)
     # in the order the runner submits a grid: largest source file first
     return longest_first(EncodeJob(f"{it.id}-{qp}", codec, qp, ds_card, it) for it in items)
 
@@ -148,7 +150,7 @@ def scaling(shared: Path, n: int, preset: str, qp: int, repeats: int, confine: b
 # ---- 2. overhead ----------------------------------------------------------------------------------
 def cheap_run(shared: Path, out: Path, n: int, executor: str) -> tuple[float, float | None]:
     """Wall seconds of a JPEG x YOLOv5n run on ``n`` images, and (Ray) seconds until the model actor was up."""
-    from vcmbench.runner import RunConfig, run
+    from vcmbench.run import RunConfig, run
 
     marks: dict[str, float] = {}
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from vcmbench.runner import RunConfig
+from vcmbench.run import RunConfig
 
 
 def small_coco(src: Path, dst: Path, n: int, corrupt: str | None = None) -> list[str]:

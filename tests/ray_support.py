@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from vcmbench.cards import CardSet
-from vcmbench.runner import RunReport, run
+from vcmbench.run import RunReport, run
 
 from .helpers import config, small_coco
 

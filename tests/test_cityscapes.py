@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vcmbench.adapters import build
 from vcmbench.cards import CardSet
 from vcmbench.datasets.cityscapes import CityscapesDataset
 from vcmbench.errors import DatasetLayoutError
@@ -128,6 +129,6 @@ def test_missing_paths_are_named(tmp_path: Path) -> None:
 
 def test_card_builds_with_root(cs_root: Path) -> None:
     card = CardSet().get("dataset", "cityscapes").with_settings(root=str(cs_root))
-    ds = card.build()
+    ds = build(card)
     assert isinstance(ds, CityscapesDataset)
     assert len(ds.items(limit=3)) == 3

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vcmbench.adapters import build
 from vcmbench.cards import CardSet
 from vcmbench.codecs.base import Bitstream, Uncompressed, run_process
 from vcmbench.codecs.ffmpeg import VVenCCodec, X265Codec, default_ffmpeg
@@ -31,7 +32,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def _card_codec(name: str, **settings: object):
     card = CardSet().get("codec", name)
-    return card.with_settings(**settings).build()
+    return build(card.with_settings(**settings))
 
 
 @pytest.mark.parametrize("name, qualities", [("jpeg", (10, 70)), ("vvenc", (42, 27)), ("x265", (42, 27))])

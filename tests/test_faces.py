@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from vcmbench.adapters import build
 from vcmbench.cards import CardSet
 from vcmbench.datasets.coco import CocoDataset
 from vcmbench.tasks.faces import FacesTask, box_iou, match_count
@@ -40,7 +41,7 @@ def face_dataset(tmp_path_factory: pytest.TempPathFactory) -> CocoDataset:
 
 @pytest.fixture(scope="module")
 def task() -> FacesTask:
-    t = CardSet().get("task", "faces").build()
+    t = build(CardSet().get("task", "faces"))
     t.load()
     return t
 
@@ -82,7 +83,7 @@ def test_face_recall_on_original_jpeg_and_blurred(face_dataset: CocoDataset, tas
 def test_faces_in_a_run_and_in_the_report(face_dataset: CocoDataset, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     from vcmbench.cli import main
-    from vcmbench.runner import RunConfig, run
+    from vcmbench.run import RunConfig, run
 
     cfg = RunConfig(codecs=["jpeg"], tasks=["faces"], datasets=["coco"], data_roots={"*": str(face_dataset.root)},
                     qualities={"jpeg": [2, 50]}, out=str(tmp_path / "out"), progress=False)  # fmt: skip

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from vcmbench.adapters import build
 from vcmbench.cards import CardSet, load_card
 from vcmbench.cli import main
 from vcmbench.codecs.learned import (
@@ -23,7 +24,7 @@ from vcmbench.codecs.learned import (
 from vcmbench.errors import CodecError, QualityError, WeightsError
 from vcmbench.models.lic import build_model, count_parameters, load_checkpoint, pad_multiple, save_checkpoint
 from vcmbench.models.tcm import TCM
-from vcmbench.runner import RunConfig, run
+from vcmbench.run import RunConfig, run
 
 
 def natural_image(h: int = 192, w: int = 256) -> np.ndarray:
@@ -123,7 +124,7 @@ def test_codec_bitstream_decodes_to_the_quantized_forward_output(tmp_path: Path)
 
 def test_trained_checkpoint_rate_matches_the_likelihood_estimate() -> None:
     """Real bytes (header included) within 3 % of the entropy model's estimate, on trained weights."""
-    codec = CardSet().get("codec", "saicm").build()
+    codec = build(CardSet().get("codec", "saicm"))
     from skimage import data
 
     for image in (data.astronaut(), data.coffee()):
@@ -140,7 +141,7 @@ def test_builtin_learned_cards_validate() -> None:
     cards = CardSet()
     for name in ("lic", "objicm", "saicm", "tlicm"):
         card = cards.get("codec", name)
-        codec = card.build()
+        codec = build(card)
         assert isinstance(codec, LearnedCodec) and codec.expected_loss == name
         assert [codec.validate_quality(q) for q in card.qualities] == list(card.qualities)
         assert len(codec.identity()) == 16  # resolves and hashes every checkpoint
@@ -222,7 +223,7 @@ def test_float16_checkpoint_is_the_model_the_codec_runs(tmp_path: Path) -> None:
 def test_learned_codecs_through_the_runner(coco_mini: Path, yolov5n_weights: Path, tmp_path: Path) -> None:
     """saicm and objicm, real bitstreams, two coco-mini images, YOLOv5n: rate = bytes in the store; resumable."""
     from tests.helpers import config, small_coco
-    from vcmbench.runner import run
+    from vcmbench.run import run
     from vcmbench.store import Store
 
     coco = tmp_path / "coco"
@@ -257,11 +258,11 @@ def test_zoo_architecture_with_random_weights_from_a_card(tmp_path: Path) -> Non
     card.parent.mkdir()
     card.write_text("adapter: lic\nversion: 1\nqualities: [1]\nsettings:\n  arch: cheng2020-attn\n"
                     "  arch_kwargs: {N: 32}\n  rate_points:\n    1: {random_seed: 3}\n")  # fmt: skip
-    codec = load_card(card, "codec").build()
+    codec = build(load_card(card, "codec"))
     image = natural_image(64, 96)
     bs = codec.encode(image, 1)
     decoded = codec.decode(bs)
     assert decoded.shape == image.shape and np.array_equal(codec.decode(bs), decoded)
-    assert codec.identity() == load_card(card, "codec").build().identity()
+    assert codec.identity() == build(load_card(card, "codec")).identity()
     with pytest.raises(CodecError, match="excludes checkpoint"):
         parse_rate_points({1: {"random_seed": 1, "checkpoint": "a.pt"}}, "codec x")

@@ -18,13 +18,14 @@ import torch
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from vcmbench.adapters import build
 from vcmbench.cards import CardSet
 from vcmbench.errors import WeightsError
-from vcmbench.metrics.coco_map import coco_segm_eval
+from vcmbench.media.hashing import file_sha256
+from vcmbench.metrics.coco_map import coco_segm_eval, encode_masks
 from vcmbench.models.mask_rcnn import OFFICIAL_WEIGHTS, LightMaskRCNNConfig, build_light_maskrcnn
-from vcmbench.tasks.mask_rcnn import MaskRCNNTask, encode_masks
+from vcmbench.tasks.mask_rcnn import MaskRCNNTask
 from vcmbench.train.synth_tasks import save_light_maskrcnn
-from vcmbench.weights import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 SYNTH_WEIGHTS = REPO / "weights" / "synth" / "synth_maskrcnn.pt"
@@ -71,7 +72,7 @@ def test_official_architecture_loads_a_torchvision_state_dict(tmp_path: Path) ->
 def test_weights_checks(tmp_path: Path) -> None:
     f = tmp_path / "w.pth"
     f.write_bytes(b"not a checkpoint")
-    digest = sha256_file(f)
+    digest = file_sha256(f)
     with pytest.raises(WeightsError, match="should start with deadbeef"):
         MaskRCNNTask(weights=str(f), sha256="deadbeef").weights_path()
     assert MaskRCNNTask(weights=str(f), sha256=digest[:8]).weights_path() == f
@@ -150,7 +151,7 @@ def test_coco_segm_eval() -> None:
 def synth_val(tmp_path_factory: pytest.TempPathFactory) -> Any:
     with pytest.MonkeyPatch.context() as mp:  # the cache conftest gives every test (session fixtures run first)
         mp.setenv("VCMBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "vcmbench-cache"))
-        ds = CardSet().get("dataset", "synth").build()
+        ds = build(CardSet().get("dataset", "synth"))
         ds.check()
         ds.items()
     return ds
@@ -197,7 +198,7 @@ def test_light_model_output_format(tmp_path: Path, synth_val: Any) -> None:
 def test_synth_model_beats_random_weights(tmp_path: Path, synth_val: Any) -> None:
     """The trained light model scores well on synth val; the same architecture with random weights does not."""
     card = CardSet().get("task", "synth_maskrcnn")
-    trained = card.build()
+    trained = build(card)
     assert Path(trained.weights_path()) == SYNTH_WEIGHTS
     items = synth_val.items(limit=16)
     m = trained.evaluate(_predict_all(trained, synth_val, items), synth_val)

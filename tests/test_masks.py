@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from vcmbench.cli import main
-from vcmbench.train.masks import (
+from vcmbench.masks import (
     EdgeParams,
     MaskError,
     MaskItem,

@@ -9,21 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from vcmbench.adapters import adapter_class, build
 from vcmbench.cards import load_card
 from vcmbench.codecs.base import Bitstream
 from vcmbench.codecs.nerv import NeRVCodec, SANeRVCodec, parse_rate_points
-from vcmbench.errors import CodecError, QualityError
-from vcmbench.models.nerv import (
-    NeRV,
-    NeRVConfig,
-    count_parameters,
-    derive_layout,
-    frame_times,
-    model_config,
-    positional_encoding,
-    prunable_weights,
-)
-from vcmbench.train.nerv import (
+from vcmbench.codecs.nerv_pipeline import (
     MAGIC,
     TrainSettings,
     build_quantized_model,
@@ -41,7 +31,18 @@ from vcmbench.train.nerv import (
     sanerv_loss,
     torch_threads,
 )
-from vcmbench.video import Clip
+from vcmbench.errors import CodecError, QualityError
+from vcmbench.media.clip import Clip
+from vcmbench.models.nerv import (
+    NeRV,
+    NeRVConfig,
+    count_parameters,
+    derive_layout,
+    frame_times,
+    model_config,
+    positional_encoding,
+    prunable_weights,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: tiny models and few epochs: every encode below takes well under a second on one core
@@ -190,7 +191,7 @@ def test_quantization_is_per_channel_and_codes_pruned_weights() -> None:
     assert qt.channels == 4 and qt.mins.dtype == np.float16
     sym = qt.symbols.reshape(4, -1)
     assert ((sym == 256) == ~keep.reshape(4, -1).numpy()).all()
-    from vcmbench.train.nerv import dequantize
+    from vcmbench.codecs.nerv_pipeline import dequantize
 
     deq = dequantize(qt, 8)
     assert bool((deq[~keep] == 0).all())
@@ -360,10 +361,10 @@ def test_sanerv_mask_settings_are_checked() -> None:
 @pytest.mark.parametrize(("name", "cls"), [("nerv", NeRVCodec), ("sanerv", SANeRVCodec)])
 def test_cards_build(name: str, cls: type) -> None:
     card = load_card(ROOT / "codecs" / f"{name}.yaml", "codec")
-    assert card.adapter == name and card.adapter_class() is cls
-    codec = card.build()
+    assert card.adapter == name and adapter_class(card) is cls
+    codec = build(card)
     assert type(codec) is cls and codec.name == name and codec.media == ("video",)
     assert list(card.qualities) == codec.keys
-    assert codec.identity() == card.build().identity()
-    paper = card.with_settings(rate_points=[{"size": s, "prune": 0.4, "bits": 8} for s in "SML"]).build()
+    assert codec.identity() == build(card).identity()
+    paper = build(card.with_settings(rate_points=[{"size": s, "prune": 0.4, "bits": 8} for s in "SML"]))
     assert [p.size for p in paper.points.values()] == ["S", "M", "L"]

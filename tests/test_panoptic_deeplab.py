@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from vcmbench.adapters import build
 from vcmbench.cards import CardSet
 from vcmbench.errors import WeightsError
 from vcmbench.metrics.panoptic import PanopticSample, decode_id_png, pq_compute
@@ -290,7 +291,7 @@ def test_cityscapes_card_path_end_to_end(zoo_file: Path, tmp_path: Path) -> None
     ds = CityscapesDataset(tmp_path / "cs", cache=tmp_path / "cache")
     # min_size null: the 64x128 fixture at its own size (the card would scale it to 1024x2048 like Cityscapes)
     card = CardSet().get("task", "panoptic_deeplab").with_settings(weights=str(zoo_file), device="cpu", min_size=None)
-    task = card.build()
+    task = build(card)
     items = ds.items()
     preds = {it.id: p for it, p in zip(items, task.predict([ds.load_image(it) for it in items]), strict=True)}
     assert all(decode_id_png(p["png"]).shape == (64, 128) for p in preds.values())
@@ -316,7 +317,7 @@ def test_cityscapes_card_path_end_to_end(zoo_file: Path, tmp_path: Path) -> None
 def synth_val(tmp_path_factory: pytest.TempPathFactory) -> Any:
     with pytest.MonkeyPatch.context() as mp:  # the cache conftest gives every test (session fixtures run first)
         mp.setenv("VCMBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "vcmbench-cache"))
-        ds = CardSet().get("dataset", "synth").build()
+        ds = build(CardSet().get("dataset", "synth"))
         ds.check()
         ds.items()
     return ds
@@ -385,7 +386,7 @@ def test_settings_are_checked() -> None:
 @pytest.mark.skipif(not SYNTH_WEIGHTS.is_file(), reason="weights/synth/synth_panoptic.pt not trained yet")
 def test_synth_model_beats_random_weights(tmp_path: Path, synth_val: Any) -> None:
     """The trained light model scores well on synth val; the same architecture with random weights does not."""
-    trained = CardSet().get("task", "synth_panoptic").build()
+    trained = build(CardSet().get("task", "synth_panoptic"))
     assert Path(trained.weights_path()) == SYNTH_WEIGHTS
     items = synth_val.items(limit=16)
     m = trained.evaluate(_predict_all(trained, synth_val, items), synth_val)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vcmbench.cli import main
-from vcmbench.runner import RunConfig, run
+from vcmbench.run import RunConfig, run
 
 REPO = Path(__file__).resolve().parent.parent
 WEIGHTS = [REPO / "weights" / "synth" / f"{n}.pt" for n in ("synth_maskrcnn", "synth_panoptic")]

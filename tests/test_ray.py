@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from vcmbench.executors.base import Executor
-from vcmbench.runner import Runner, RunReport, run
+from vcmbench.run import Runner, RunReport, run
 
 from .helpers import cli_args, config
 from .ray_support import (  # noqa: F401 - fixtures
@@ -88,7 +88,7 @@ def test_ray_suite_in_private_network_namespace(shared: Path) -> None:
 def test_ls_and_runner_import_neither_ray_nor_torch() -> None:
     code = (
         "import sys\nfrom vcmbench.cli import main\nassert main(['ls']) == 0\n"
-        "from vcmbench.runner import RunConfig, Runner\n"
+        "from vcmbench.run import RunConfig, Runner\n"
         "bad = sorted(m for m in ('ray', 'torch') if m in sys.modules)\nassert not bad, bad\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from vcmbench.adapters import build
 from vcmbench.cards import CardSet
 from vcmbench.cli import main
 from vcmbench.datasets.base import Item
@@ -24,7 +25,8 @@ from vcmbench.errors import VcmbenchError
 from vcmbench.executors.base import EncodeJob, longest_first
 from vcmbench.executors.local import LocalExecutor
 from vcmbench.metrics.coco_map import BACKEND_ENV
-from vcmbench.runner import RunConfig, Runner, run
+from vcmbench.run import RunConfig, Runner, run
+from vcmbench.run.resolve import background_mode, cuda_available
 from vcmbench.scoring import BackgroundScorer
 
 from .helpers import cli_args, config, small_coco
@@ -313,9 +315,9 @@ def test_background_scoring_gives_the_inline_results(tmp_path: Path) -> None:
     auto = Runner(_synth_grid(tmp_path / "bg"))
     assert auto.config.background_scoring == "auto"
     if not torch.cuda.is_available():
-        assert auto._background_mode() == "off"
+        assert background_mode(auto.config.background_scoring, "local", None, cuda_available) == "off"
     with pytest.raises(VcmbenchError, match="auto, on or off"):
-        Runner(_synth_grid(tmp_path / "bad", background_scoring="yes"))._background_mode()
+        run(_synth_grid(tmp_path / "bad", background_scoring="yes"))
 
 
 def test_a_dying_scoring_process_loses_nothing(tmp_path: Path) -> None:
@@ -341,7 +343,7 @@ def test_a_dying_scoring_process_loses_nothing(tmp_path: Path) -> None:
 def test_cancelled_background_scorer_stops_its_process_at_once(tmp_path: Path) -> None:
     cards = CardSet()
     task, ds = cards.get("task", "synth_det"), cards.get("dataset", "synth")
-    items = ds.build().items(limit=2)
+    items = build(ds).items(limit=2)
     scorer = BackgroundScorer(log=lambda m: None)
     scorer.submit("unit", task, ds, items, {it.id: [] for it in items})
     proc = scorer._proc

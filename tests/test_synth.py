@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vcmbench.adapters import build
 from vcmbench.cards import CardSet
-from vcmbench.codecs.yuv import YUVFormat, bytes_to_planes, yuv420_to_rgb
 from vcmbench.datasets.coco import CocoDataset
 from vcmbench.datasets.synth import SynthDataset
+from vcmbench.media.yuv import YUVFormat, bytes_to_planes, yuv420_to_rgb
 from vcmbench.metrics.coco_map import coco_bbox_eval, coco_segm_eval
 from vcmbench.synth import SynthConfig, ensure_split, tree_digest
 from vcmbench.synth.checks import check_clips, check_instances, check_panoptic
@@ -32,7 +33,7 @@ SMALL = dict(images={"train": 3, "val": 6}, clips={"train": 0, "val": 1}, clip_f
 def synth_val(tmp_path_factory: pytest.TempPathFactory) -> SynthDataset:
     """The built-in card's val split, generated into the session cache the runner tests also use."""
     cache = tmp_path_factory.getbasetemp() / "vcmbench-cache" / "synth"  # = $VCMBENCH_CACHE/synth (conftest)
-    ds = CardSet().get("dataset", "synth").with_settings(root=str(cache)).build()
+    ds = build(CardSet().get("dataset", "synth").with_settings(root=str(cache)))
     ds.check()
     return ds
 
@@ -216,7 +217,7 @@ def test_concurrent_generation_is_safe(tmp_path: Path) -> None:
 def test_dataset_card_generates_on_first_use(tmp_path: Path) -> None:
     card = CardSet().get("dataset", "synth").with_settings(root=str(tmp_path), images={"train": 0, "val": 5},
                                                            clips={"val": 0})  # fmt: skip
-    ds = card.build()
+    ds = build(card)
     assert isinstance(ds, SynthDataset) and isinstance(ds, CocoDataset)
     assert not (ds.root / ".complete-val.json").exists()
     ds.check()
@@ -226,9 +227,9 @@ def test_dataset_card_generates_on_first_use(tmp_path: Path) -> None:
     assert img.shape == (240, 320, 3) and img.dtype == np.uint8
     assert ds.root.parent == tmp_path and ds.root.name.startswith("v1-")
     # identity: the generator parameters matter, the cache location does not
-    other = card.with_settings(root=str(tmp_path / "elsewhere")).build()
+    other = build(card.with_settings(root=str(tmp_path / "elsewhere")))
     assert other.identity() == ds.identity()
-    assert card.with_settings(seed=1).build().identity() != ds.identity()
+    assert build(card.with_settings(seed=1)).identity() != ds.identity()
     assert ds.panoptic_json.is_file() and ds.panoptic_dir.is_dir()
 
 
@@ -249,10 +250,10 @@ def test_worker_with_another_cache_regenerates_the_same_image(tmp_path: Path) ->
     from vcmbench.datasets.base import Item
 
     card = CardSet().get("dataset", "synth").with_settings(images={"train": 0, "val": 3}, clips={"val": 0})
-    driver = card.with_settings(root=str(tmp_path / "driver")).build()
+    driver = build(card.with_settings(root=str(tmp_path / "driver")))
     driver.check()
     item = driver.items()[2]
-    worker = card.with_settings(root=str(tmp_path / "worker")).build()
+    worker = build(card.with_settings(root=str(tmp_path / "worker")))
     moved = Item(item.id, tmp_path / "gone" / item.path.name)
     assert np.array_equal(worker.load_image(moved), driver.load_image(item))
     assert (tmp_path / "worker" / driver.root.name / "val" / item.path.name).is_file()

@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from vcmbench.adapters import build
 from vcmbench.cards import CardSet
 from vcmbench.datasets.synth import SynthDataset
 from vcmbench.errors import WeightsError
-from vcmbench.runner import DEFAULT_CODECS, DEFAULT_DATASETS, DEFAULT_TASKS, RunConfig, run
+from vcmbench.media.hashing import file_sha256
+from vcmbench.run import DEFAULT_CODECS, DEFAULT_DATASETS, DEFAULT_TASKS, RunConfig, run
 from vcmbench.synth.generate import SynthConfig, ensure_split
-from vcmbench.weights import sha256_file
 
 pytest.importorskip("ultralytics")
 
@@ -33,7 +34,7 @@ DET_MAP50_MIN = 0.8
 @pytest.fixture(scope="module")
 def synth_val(tmp_path_factory: pytest.TempPathFactory) -> SynthDataset:
     cache = tmp_path_factory.getbasetemp() / "vcmbench-cache" / "synth"  # = $VCMBENCH_CACHE/synth (conftest)
-    ds = CardSet().get("dataset", "synth").with_settings(root=str(cache)).build()
+    ds = build(CardSet().get("dataset", "synth").with_settings(root=str(cache)))
     ds.check()
     return ds
 
@@ -50,7 +51,7 @@ def _predict_all(task: Any, ds: SynthDataset) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def det() -> UltralyticsDetectTask:
-    task = CardSet().get("task", "synth_det").build()
+    task = build(CardSet().get("task", "synth_det"))
     task.load()
     return task
 
@@ -68,8 +69,8 @@ def test_committed_weights_reload_with_their_card_sha256(tmp_path: Path) -> None
         path = REPO / card.settings["weights"]
         assert path.is_file(), f"{path} is not committed"
         total += path.stat().st_size
-        assert sha256_file(path) == card.settings["sha256"]
-        task = card.build()
+        assert file_sha256(path) == card.settings["sha256"]
+        task = build(card)
         assert task.weights_path().resolve() == path
         assert task.version().endswith(f"weights.sha256:{card.settings['sha256']}")
         task.load()
@@ -82,7 +83,7 @@ def test_committed_weights_reload_with_their_card_sha256(tmp_path: Path) -> None
         data[len(data) // 2] ^= 0xFF
         bad.write_bytes(bytes(data))
         with pytest.raises(WeightsError, match="fails its checksum"):
-            card.with_settings(weights=str(bad)).build().weights_path()
+            build(card.with_settings(weights=str(bad))).weights_path()
     assert total < 15e6, f"committed weights are {total / 1e6:.1f} MB together"
     log = json.loads((REPO / "weights" / "synth" / "ultralytics_train_log.json").read_text())
     for name in MODELS:
@@ -108,7 +109,7 @@ def test_detector_predictions_are_batch_independent(det: UltralyticsDetectTask, 
 
 
 def test_seg_model_reports_mask_map(synth_val: SynthDataset) -> None:
-    task = CardSet().get("task", "synth_seg").build()
+    task = build(CardSet().get("task", "synth_seg"))
     assert isinstance(task, UltralyticsSegmentTask)
     preds = _predict_all(task, synth_val)
     first = preds[synth_val.items()[0].id]
@@ -152,7 +153,7 @@ def test_training_labels_match_the_coco_ground_truth(tmp_path: Path) -> None:
     import cv2
     from pycocotools import mask as mask_utils
 
-    from vcmbench.synth.train import prepare_yolo_dataset
+    from vcmbench.train.synth_yolo import prepare_yolo_dataset
 
     cfg = SynthConfig(seed=5, images={"train": 4, "val": 2}, clips={}, clip_frames=16)
     for split in ("train", "val"):

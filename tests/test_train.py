@@ -12,9 +12,9 @@ from PIL import Image
 
 from vcmbench.cli import main
 from vcmbench.codecs.learned import ObjectICMCodec
+from vcmbench.masks import MaskItem, MaskParams, make_masks
 from vcmbench.models.lic import XZ_MAGIC, read_checkpoint_file
 from vcmbench.train.lic import TrainConfig, TrainError, objective, rd_terms, read_log, train
-from vcmbench.train.masks import MaskItem, MaskParams, make_masks
 
 
 @pytest.fixture(scope="module")

@@ -13,17 +13,17 @@ import pytest
 
 from vcmbench.cards import CardError, CardSet
 from vcmbench.codecs.ffmpeg import VVenCCodec, X265Codec
-from vcmbench.codecs.yuv import YUVFormat
 from vcmbench.datasets.sfu_hw import COCO80_IDS, SfuHwDataset, parse_yuv_name
 from vcmbench.datasets.synth import SynthClipsDataset
 from vcmbench.datasets.video import frame_key
 from vcmbench.errors import DatasetLayoutError, ItemError
 from vcmbench.executors.base import predict_batch
+from vcmbench.media.clip import Clip, clip_to_yuv_bytes, kbps, psnr_clip, read_yuv_clip
+from vcmbench.media.yuv import YUVFormat
 from vcmbench.report.tables import groups_table
-from vcmbench.runner import RunConfig, run
+from vcmbench.run import RunConfig, run
 from vcmbench.tasks.base import Task
 from vcmbench.tasks.yolov5 import YOLOv5Task
-from vcmbench.video import Clip, clip_to_yuv_bytes, kbps, psnr_clip, read_yuv_clip
 
 
 def moving_clip(frames: int = 10, h: int = 48, w: int = 64, fps: float = 25.0) -> Clip:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vcmbench.adapters import build
 from vcmbench.cards import CardSet
 from vcmbench.datasets.visdrone import CATEGORIES, VisDroneDataset, parse_annotation_file
 from vcmbench.errors import DatasetLayoutError
@@ -119,6 +120,6 @@ def test_parse_annotation_file(tmp_path: Path) -> None:
 
 def test_card(tmp_path: Path) -> None:
     root = write_visdrone(tmp_path / "v")
-    ds = CardSet().get("dataset", "visdrone").with_settings(root=str(root)).build()
+    ds = build(CardSet().get("dataset", "visdrone").with_settings(root=str(root)))
     assert isinstance(ds, VisDroneDataset)
     assert len(ds.items()) == 2

@@ -164,6 +164,6 @@ def test_real_vtm_round_trip_matches_ffmpeg_vvc_decoder() -> None:
         b.write_bytes(hi.data)
         subprocess.run([default_ffmpeg(), "-loglevel", "error", "-i", str(b), "-f", "rawvideo", "-pix_fmt",
                         "yuv420p10le", str(y)], check=True)  # fmt: skip
-        from vcmbench.codecs.yuv import yuv_bytes_to_rgb
+        from vcmbench.media.yuv import yuv_bytes_to_rgb
 
         assert np.array_equal(yuv_bytes_to_rgb(y.read_bytes(), 96, 64), dec)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from vcmbench.errors import WeightsError
-from vcmbench.weights import cache_dir, resolve_weights, sha256_file
+from vcmbench.media.hashing import file_sha256
+from vcmbench.weights import cache_dir, resolve_weights
 
 PAYLOAD = b"not really a checkpoint, but bytes with a known sha256\n" * 100
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -40,13 +41,13 @@ def test_cache_dir_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cache_dir() == Path.home() / ".cache" / "vcmbench" / "weights"
 
 
-def test_sha256_file_and_its_cache(tmp_path: Path) -> None:
+def test_file_sha256_and_its_cache(tmp_path: Path) -> None:
     p = tmp_path / "f.bin"
     p.write_bytes(PAYLOAD)
-    assert sha256_file(p) == PAYLOAD_SHA
-    assert sha256_file(str(p)) == PAYLOAD_SHA
+    assert file_sha256(p) == PAYLOAD_SHA
+    assert file_sha256(str(p)) == PAYLOAD_SHA
     p.write_bytes(b"other content")  # size (and mtime) change: the cached digest must not be reused
-    assert sha256_file(p) == hashlib.sha256(b"other content").hexdigest()
+    assert file_sha256(p) == hashlib.sha256(b"other content").hexdigest()
 
 
 def test_explicit_path(source: Path, cache: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from vcmbench.adapters import build
 from vcmbench.cards import load_card
 from vcmbench.datasets.coco import CocoDataset
 from vcmbench.errors import WeightsError
@@ -235,11 +236,11 @@ def test_card(yolov5n_weights: Path) -> None:
     card = load_card(REPO / "tasks" / "yolov5.yaml", "task")
     assert card.adapter == "yolov5"
     assert card.settings["sha256"] == YOLOV5N_SHA256
-    t = card.build()
+    t = build(card)
     assert isinstance(t, YOLOv5Task) and t.name == "yolov5"
     assert t.img_size == 640 and t.conf_thres == 0.001 and t.iou_thres == 0.65 and t.max_det == 300
     # location settings stay out of the identity: same result key wherever the weights live
-    moved = card.with_settings(weights=str(yolov5n_weights)).build()
+    moved = build(card.with_settings(weights=str(yolov5n_weights)))
     assert set(YOLOv5Task.location_settings) == {"weights", "url"}
     assert {k: v for k, v in moved.card_settings.items() if k not in ("weights", "url")} == {
         k: v for k, v in t.card_settings.items() if k not in ("weights", "url")

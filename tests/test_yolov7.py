@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from vcmbench.adapters import adapter_class, build
 from vcmbench.cards import load_card, parse_overrides
 from vcmbench.datasets.coco import CocoDataset
 from vcmbench.errors import WeightsError
@@ -340,27 +341,27 @@ def test_bad_settings_are_rejected_with_the_task_name() -> None:
 def test_card_and_identity(checkpoint: Path, tmp_path: Path) -> None:
     card = load_card(REPO / "tasks" / "yolov7.yaml", "task")
     assert card.adapter in ("vcmbench.tasks.yolov7:YOLOv7Task", "yolov7") and card.name == "yolov7"
-    assert card.adapter_class() is YOLOv7Task
+    assert adapter_class(card) is YOLOv7Task
     assert card.settings["url"] == OFFICIAL_URL and card.settings["sha256"] is None
-    t = card.build()
+    t = build(card)
     assert type(t) is YOLOv7Task and t.name == "yolov7"
     assert (t.img_size, t.conf_thres, t.iou_thres, t.max_det) == (640, 0.001, 0.65, 300)
-    local = card.with_settings(weights=str(checkpoint)).build()  # --set yolov7.weights=...
+    local = build(card.with_settings(weights=str(checkpoint)))  # --set yolov7.weights=...
     assert local.weights_path() == checkpoint
-    sha = y7.sha256_file(checkpoint)
+    sha = y7.file_sha256(checkpoint)
     assert sha in local.version() and local.version().startswith(f"{y7.IMPL_VERSION}+yolov5.")
     # where the weights live stays out of the identity; the cache key follows the file's content
     copied = tmp_path / "elsewhere" / checkpoint.name
     copied.parent.mkdir()
     copied.write_bytes(checkpoint.read_bytes())
-    moved = card.with_settings(weights=str(copied), url=None).build()
+    moved = build(card.with_settings(weights=str(copied), url=None))
     assert moved.weights_path() == copied and moved.identity() == local.identity()
-    changed = card.with_settings(weights=str(copied), conf_thres=0.25).build()
+    changed = build(card.with_settings(weights=str(copied), conf_thres=0.25))
     assert changed.identity() != local.identity()
 
 
 def test_runner_with_the_card_and_set_weights(tmp_path: Path, coco_mini: Path, checkpoint: Path) -> None:
-    from vcmbench.runner import run
+    from vcmbench.run import run
 
     root = tmp_path / "coco"
     small_coco(coco_mini, root, 2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vcmbench.codecs import yuv
+from vcmbench.media import yuv
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

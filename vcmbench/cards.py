@@ -10,8 +10,6 @@ A broken card is always a loud error naming the file: cards are never skipped.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .media.hashing import stable_hash
 from .registry import REGISTRIES, did_you_mean
 
 KINDS = ("codec", "task", "dataset")
@@ -56,25 +55,6 @@ class Card:
         merged = dict(self.settings)
         merged.update(overrides)
         return replace(self, settings=merged)
-
-    def adapter_class(self) -> type:
-        """Import and return the adapter class (this is where heavy imports may happen)."""
-        from .registry import import_string
-
-        if ":" in self.adapter:
-            return import_string(self.adapter)  # type: ignore[return-value]
-        return REGISTRIES[self.kind].get(self.adapter)
-
-    def build(self) -> Any:
-        """Instantiate the adapter through its ``from_card`` classmethod."""
-        cls = self.adapter_class()
-        return cls.from_card(self)
-
-
-def stable_hash(obj: Any, n: int = 16) -> str:
-    """Hex sha256 prefix of a canonical JSON encoding."""
-    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:n]
 
 
 def builtin_cards_root() -> Path:
@@ -225,3 +205,16 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, dict[str, Any]]:
         card, setting = key.split(".", 1)
         out.setdefault(card, {})[setting] = _expand(yaml.safe_load(value)) if value else None
     return out
+
+
+def resolve_card_path(value: str | None, card: Card) -> str | None:
+    """A relative path in a card is taken relative to the folder holding the card's ``tasks/`` folder,
+    when it does not exist relative to the working directory (so built-in cards work from anywhere)."""
+    if not value or Path(value).expanduser().is_absolute():
+        return value
+    if Path(value).exists():
+        return str(Path(value).resolve())
+    if card.path is None:
+        return value
+    cand = card.path.resolve().parent.parent / value
+    return str(cand) if cand.exists() else value

@@ -214,14 +214,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .adapters import build
+
     cards = CardSet([Path(d) for d in args.cards])
     bad = 0
     for kind in KINDS:
         for name in cards.names(kind):
             card = cards.get(kind, name)
             try:
-                card.adapter_class()
-                obj = card.build()
+                obj = build(card)
                 if kind == "codec":  # the default ladder must fit (a learned codec: name existing rate points)
                     for q in card.qualities:
                         obj.validate_quality(q)
@@ -233,7 +234,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import DEFAULT_RUN_OVERRIDES, RunConfig, run
+    from .run import DEFAULT_RUN_OVERRIDES, RunConfig, run
 
     cfg = RunConfig(
         qualities=_parse_qualities(args.quality),
@@ -371,7 +372,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_train_synth(args: argparse.Namespace) -> int:
-    from .synth.train import train_synth
+    from .train.synth_yolo import train_synth
 
     train_synth(args.model, Path(args.out) if args.out else None, args.epochs, args.device, args.workers,
                 args.update_cards, Path(args.keep) if args.keep else None)  # fmt: skip

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .cards import stable_hash
+from .media.hashing import stable_hash
 
 #: name of the uncompressed reference point added to every grid
 REFERENCE = "uncompressed"

@@ -29,7 +29,9 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, BinaryIO
 
+from .adapters import build
 from .cards import Card
+from .contracts import ClipFrames
 from .datasets.base import Dataset, Item
 from .datasets.video import FRAME_SEP
 from .tasks.base import Task
@@ -44,12 +46,12 @@ def score_unit(task: Task, ds: Dataset, items: Sequence[Item], done: Mapping[str
     each class) alone, reported as ``<metric>/<group>`` for the task's headline metrics."""
     if not done:
         return {m: float("nan") for m in task.metrics}
-    if ds.media != "video":
+    if not isinstance(ds, ClipFrames):
         return task.evaluate(done, ds)
-    frames = ds.frame_predictions(done)  # type: ignore[attr-defined]
+    frames = ds.frame_predictions(done)
     metrics = task.evaluate(frames, ds)
     scored = [it for it in items if it.id in done]
-    for group, ids in ds.groups(scored).items():  # type: ignore[attr-defined]
+    for group, ids in ds.groups(scored).items():
         wanted = set(ids)
         sub = {k: v for k, v in frames.items() if k.rpartition(FRAME_SEP)[0] in wanted}
         if not sub:
@@ -97,8 +99,6 @@ def _worker_main() -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever the evaluators print goes to stderr, not into the replies
     sys.path[:] = _recv(inp)
-    from .runner import _build  # the same construction as the driver's
-
     built: dict[tuple[str, str], tuple[Task, Dataset]] = {}
     while True:
         try:
@@ -108,7 +108,7 @@ def _worker_main() -> None:
         try:
             key = (task_card.digest(), ds_card.digest())
             if key not in built:
-                built[key] = (_build(task_card), _build(ds_card))
+                built[key] = (build(task_card), build(ds_card))
             task, ds = built[key]
             reply = _frame((job_id, score_unit(task, ds, items, done), None))
         except Exception as exc:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .media.hashing import file_sha256
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, started REAL, finished REAL, status TEXT,
@@ -145,11 +147,7 @@ class Store:
         row = self.conn.execute("SELECT size, mtime_ns, sha256 FROM file_hashes WHERE path=?", (key,)).fetchone()
         if row and row["size"] == st.st_size and row["mtime_ns"] == st.st_mtime_ns:
             return str(row["sha256"])
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        digest = h.hexdigest()
+        digest = file_sha256(path)
         self.conn.execute(
             "INSERT OR REPLACE INTO file_hashes VALUES (?,?,?,?)", (key, st.st_size, st.st_mtime_ns, digest)
         )

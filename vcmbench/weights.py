@@ -10,7 +10,6 @@ that names the file and how to fix it.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import tempfile
@@ -19,37 +18,20 @@ import urllib.request
 from pathlib import Path
 
 from .errors import WeightsError
+from .media.hashing import file_sha256
+from .media.paths import cache_root
 
-__all__ = ["cache_dir", "resolve_weights", "sha256_file"]
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+__all__ = ["cache_dir", "resolve_weights"]
 
 
 def cache_dir() -> Path:
     """The folder downloaded weights go to: ``$VCMBENCH_CACHE/weights`` (default ``~/.cache/vcmbench/weights``)."""
-    root = os.environ.get("VCMBENCH_CACHE") or os.path.join("~", ".cache", "vcmbench")
-    return Path(os.path.expanduser(root)) / "weights"
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file; cached in-process by (resolved path, size, mtime_ns)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    digest = _SHA_CACHE.get(key)
-    if digest is None:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-        digest = h.hexdigest()
-        _SHA_CACHE[key] = digest
-    return digest
+    return cache_root() / "weights"
 
 
 def _verify(path: Path, sha256: str | None, what: str, fix: str, shown: str | None = None) -> Path:
     if sha256:
-        actual = sha256_file(path)
+        actual = file_sha256(path)
         if actual.lower() != sha256.strip().lower():
             raise WeightsError(
                 f"weights file {shown or path} for {what} fails its checksum: expected sha256 {sha256.strip().lower()}, "

@@ -23,8 +23,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..cards import Card, stable_hash
+from ..cards import Card
 from ..errors import CodecError, QualityError
+from ..media.hashing import stable_hash
+from ..registry import register
 
 
 @dataclass(frozen=True)
@@ -66,13 +68,10 @@ class Codec(ABC):
     #: settings that say *where* something is (binaries, folders), not *what* is computed;
     #: they stay out of the cache key
     location_settings: ClassVar[tuple[str, ...]] = ()
-    #: True for codecs that spawn external processes (run many at once, one thread each)
-    external: ClassVar[bool] = False
-    #: what the codec codes: "image" (H x W x 3 arrays) and/or "video" (:class:`~vcmbench.video.Clip`)
+    #: what the codec codes: "image" (H x W x 3 arrays) and/or "video" (:class:`~vcmbench.media.clip.Clip`)
     media: ClassVar[tuple[str, ...]] = ("image",)
 
     name: str = "codec"
-    card_digest: str = ""
     card_settings: Mapping[str, Any] = {}
 
     @classmethod
@@ -83,11 +82,10 @@ class Codec(ABC):
     @classmethod
     def from_card(cls, card: Card) -> Codec:
         """The codec of a card. Its default ladder is checked by ``vcmbench validate`` and, as a run uses
-        it (perhaps overridden with ``--quality``), by the runner."""
+        it (perhaps overridden with ``--quality``), by the runner. Build codecs through
+        :func:`vcmbench.adapters.build`, which reports settings that do not fit ``__init__``."""
         try:
             codec = cls(**cls.card_kwargs(card))
-        except TypeError as exc:
-            raise CodecError(f"{card.path}: bad settings for codec {card.name!r}: {exc}") from exc
         except CodecError as exc:
             raise CodecError(f"{card.path}: {str(exc).replace('codec codec', f'codec {card.name}')}") from None
         codec.name = card.name
@@ -129,6 +127,7 @@ class Codec(ABC):
         """Return the HxWx3 uint8 RGB reconstruction (or the Clip), cropped to the original size."""
 
 
+@register("codec", "none")
 class Uncompressed(Codec):
     """The reference point: the original pixels, no coding. Its rate is undefined (NaN)."""
 

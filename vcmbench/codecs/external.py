@@ -15,15 +15,14 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import CodecError
-from ..video import Clip, clip_to_yuv_bytes, yuv_bytes_to_frames
+from ..media.clip import Clip, clip_to_yuv_bytes, yuv_bytes_to_frames
+from ..media.yuv import YUVFormat, frame_bytes, padded_size, rgb_to_yuv_bytes, yuv_bytes_to_rgb
 from .base import Bitstream, Codec, read_output, run_process
-from .yuv import YUVFormat, frame_bytes, padded_size, rgb_to_yuv_bytes, yuv_bytes_to_rgb
 
 
 class ExternalCodec(Codec):
     """Codecs implemented by external programs; the runner runs many of them at once."""
 
-    external = True
     #: seconds after which a child process is killed (None: never)
     timeout: float | None = None
 
@@ -36,7 +35,7 @@ VIDEO_CONFIGS = ("ai", "ra", "ld")
 class YUVCodec(ExternalCodec):
     """An external encoder/decoder pair working on planar 4:2:0 YUV files (the shared colour path).
 
-    Images are coded as one intra picture. Clips (:class:`~vcmbench.video.Clip`) are written frame
+    Images are coded as one intra picture. Clips (:class:`~vcmbench.media.clip.Clip`) are written frame
     after frame into one YUV file and coded with the structure ``video_config`` names (``ai``,
     ``ra``, ``ld``); ``intra_period`` (frames, random access only) defaults to the multiple of the
     encoder's GOP size nearest to one second at the clip's frame rate, as the common test conditions

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BinaryNotFoundError
+from ..registry import register
 from .external import YUVCodec
 
 
@@ -92,6 +93,7 @@ class FFmpegCodec(YUVCodec):
         ]  # fmt: skip
 
 
+@register("codec", "vvenc")
 class VVenCCodec(FFmpegCodec):
     """VVC with VVenC (``-qpa 0``: perceptual QP adaptation off, as in the VCM anchors); images all-intra."""
 
@@ -132,6 +134,7 @@ class VVenCCodec(FFmpegCodec):
         ]  # fmt: skip
 
 
+@register("codec", "x265")
 class X265Codec(FFmpegCodec):
     """HEVC with x265: images intra (``keyint=1``); ``info=0`` drops the ~2 kB encoder-info SEI."""
 

@@ -8,11 +8,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, features
 
+from ..registry import register
 from .base import Bitstream, Codec
 
 SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
 
 
+@register("codec", "jpeg")
 class JpegCodec(Codec):
     quality_range = (1, 100)
     quality_name = "quality"

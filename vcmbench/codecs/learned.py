@@ -51,8 +51,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..cards import Card, stable_hash
+from ..cards import Card
 from ..errors import CodecError, QualityError, WeightsError
+from ..media.devices import resolve_device
+from ..media.hashing import stable_hash
+from ..registry import register
 from .base import Bitstream, Codec
 
 #: bump when the bitstream layout or the pre/post-processing changes
@@ -264,19 +267,8 @@ class LearnedCodec(Codec):
 
     # ---- identity ------------------------------------------------------------------------------
     def torch_device(self) -> Any:
-        import torch
-
         if self._torch_device is None:
-            if self.device in ("auto", "", None):
-                dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            else:
-                try:
-                    dev = torch.device(self.device)
-                except RuntimeError as exc:
-                    raise CodecError(f"{self.name}: invalid device {self.device!r} ({exc}); use auto, cpu, cuda") from None
-                if dev.type == "cuda" and not torch.cuda.is_available():
-                    raise CodecError(f"{self.name}: device {self.device!r} requested but CUDA is not available")
-            self._torch_device = dev
+            self._torch_device = resolve_device(self.device, self.name, CodecError)
         return self._torch_device
 
     def version(self) -> str:
@@ -312,7 +304,8 @@ class LearnedCodec(Codec):
         """The verified checkpoint file of a rate point (path, ``$VCMBENCH_WEIGHTS_DIR``, cache, download)."""
         if key in self._paths:
             return self._paths[key]
-        from ..weights import resolve_weights, sha256_file
+        from ..media.hashing import file_sha256
+        from ..weights import resolve_weights
 
         p = self.points[key]
         path: Path | None = None
@@ -332,7 +325,7 @@ class LearnedCodec(Codec):
             filename = Path(urlparse(p.url or "").path).name or f"{self.name}-{key}.pt"
             path = resolve_weights(None, p.url, p.sha256, filename, f"codec {self.name}")
         if p.sha256:
-            actual = sha256_file(path)
+            actual = file_sha256(path)
             if actual.lower() != p.sha256.lower():
                 raise WeightsError(
                     f"codec {self.name}: checkpoint {path} of rate point {key} fails its checksum: expected "
@@ -343,12 +336,12 @@ class LearnedCodec(Codec):
 
     def checkpoint_sha256(self, key: int | float) -> str:
         """sha256 of the rate point's checkpoint file (``random-seed-<n>`` for untrained weights)."""
-        from ..weights import sha256_file
+        from ..media.hashing import file_sha256
 
         seed = self.points[key].random_seed
         if seed is not None:
             return f"random-seed-{seed}"
-        return sha256_file(self.checkpoint_path(key))
+        return file_sha256(self.checkpoint_path(key))
 
     def model(self, key: int | float) -> Any:
         """The model of a rate point, loaded once (thread-safe), checked against the card."""
@@ -466,24 +459,28 @@ def to_image(x_hat: Any, height: int, width: int) -> np.ndarray:
     return x.permute(1, 2, 0).to(torch.uint8).numpy().copy()
 
 
+@register("codec", "lic")
 class LicCodec(LearnedCodec):
     """Plain learned image codec (rate + λ·255²·MSE)."""
 
     expected_loss = "lic"
 
 
+@register("codec", "objicm")
 class ObjectICMCodec(LearnedCodec):
     """Object-ICM: trained on MSE inside ground-truth object masks."""
 
     expected_loss = "objicm"
 
 
+@register("codec", "saicm")
 class SAICMCodec(LearnedCodec):
     """SA-ICM (Shindo et al., ICIP 2024): trained on MSE on Segment Anything mask edges."""
 
     expected_loss = "saicm"
 
 
+@register("codec", "tlicm")
 class TLICMCodec(LearnedCodec):
     """Task-loss ICM: trained on MSE plus a feature loss through a frozen early part of the detector."""
 

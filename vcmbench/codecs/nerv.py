@@ -2,11 +2,11 @@
 
 NeRV (Chen et al., "NeRV: Neural Representations for Videos", NeurIPS 2021) codes a clip
 as the weights of a network trained on that clip: ``encode`` trains it, prunes, fine-tunes,
-quantizes and entropy-codes the weights (:mod:`vcmbench.train.nerv`, which also documents the
+quantizes and entropy-codes the weights (:mod:`vcmbench.codecs.nerv_pipeline`, which also documents the
 bitstream); ``decode`` rebuilds the network from the bitstream's header, runs every frame and
-returns a :class:`~vcmbench.video.Clip`. SA-NeRV adds the masked loss term of SA-ICM's
+returns a :class:`~vcmbench.media.clip.Clip`. SA-NeRV adds the masked loss term of SA-ICM's
 edge objective (Shindo et al., ICIP 2024) on the edges of a segmentation of each frame, made
-at encode time from the original frames (:mod:`vcmbench.train.masks`: the weights-free
+at encode time from the original frames (:mod:`vcmbench.masks`: the weights-free
 ``felzenszwalb`` edges by default, Segment Anything when ``sam_checkpoint`` is set).
 
 Quality is a rate-point index (1-based) into the card's ``rate_points`` list; a rate point
@@ -43,9 +43,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..cards import stable_hash
 from ..errors import CodecError, QualityError
-from ..video import Clip
+from ..media.clip import Clip
+from ..media.devices import resolve_device
+from ..media.hashing import stable_hash
+from ..registry import register
 from .base import Bitstream, Codec
 
 #: bump when training, the pipeline or the bitstream change in a way the settings do not show
@@ -134,6 +136,7 @@ def parse_rate_points(raw: Any, where: str) -> dict[int, RatePoint]:
     return points
 
 
+@register("codec", "nerv")
 class NeRVCodec(Codec):
     """NeRV (Chen et al., NeurIPS 2021): a clip coded as its pruned, quantized, entropy-coded network."""
 
@@ -163,7 +166,7 @@ class NeRVCodec(Codec):
         progress: bool = False,
     ) -> None:
         from ..models.nerv import ACTIVATIONS, NeRVError
-        from ..train.nerv import TrainSettings
+        from .nerv_pipeline import TrainSettings
 
         self.points = parse_rate_points(rate_points, f"codec {self.name}")
         self.keys = sorted(self.points)
@@ -187,13 +190,7 @@ class NeRVCodec(Codec):
     # ---- identity ------------------------------------------------------------------------------
     def torch_device(self) -> Any:
         if self._torch_device is None:
-            from ..models.nerv import NeRVError
-            from ..train.nerv import resolve_device
-
-            try:
-                self._torch_device = resolve_device(self.device)
-            except NeRVError as exc:
-                raise CodecError(f"{self.name}: {exc}") from None
+            self._torch_device = resolve_device(self.device, self.name, CodecError)
         return self._torch_device
 
     def version(self) -> str:
@@ -203,7 +200,7 @@ class NeRVCodec(Codec):
 
         import torch
 
-        from ..train.nerv import FORMAT_VERSION
+        from .nerv_pipeline import FORMAT_VERSION
 
         try:
             cai = pkg_version("compressai")
@@ -246,7 +243,7 @@ class NeRVCodec(Codec):
             return clip
         shape = getattr(clip, "shape", None)
         raise CodecError(
-            f"{self.name}: NeRV codes clips (a vcmbench.video.Clip: T x H x W x 3 frames + fps), got "
+            f"{self.name}: NeRV codes clips (a vcmbench.media.clip.Clip: T x H x W x 3 frames + fps), got "
             f"{'an image of shape ' + str(tuple(shape)) if shape is not None else type(clip).__name__}; "
             "use an image codec for images, or a clip dataset for this codec"
         )
@@ -259,11 +256,11 @@ class NeRVCodec(Codec):
         return 0.0
 
     def encode_result(self, clip: Clip, quality: Any) -> Any:
-        """Encode and return the full :class:`~vcmbench.train.nerv.EncodeResult` (bytes, reconstruction, logs)."""
+        """Encode and return the full :class:`~vcmbench.codecs.nerv_pipeline.NeRVEncoding` (bytes, reconstruction, logs)."""
         import logging
 
         from ..models.nerv import NeRVError
-        from ..train.nerv import encode_clip, torch_threads
+        from .nerv_pipeline import encode_clip, torch_threads
 
         clip = self._check_clip(clip)
         key = self.validate_quality(quality)
@@ -291,7 +288,7 @@ class NeRVCodec(Codec):
         return Bitstream(res.data, width=clip.width, height=clip.height, frames=clip.num_frames, meta=meta)
 
     def decode(self, bitstream: Bitstream) -> Clip:  # type: ignore[override]
-        from ..train.nerv import decode_clip
+        from .nerv_pipeline import decode_clip
 
         # torch's thread count is left alone: it is process-wide, and decodes run while a task model predicts
         # in the same process (its predictions depend on the thread count); the decoded frames do not
@@ -303,6 +300,7 @@ class NeRVCodec(Codec):
         return Clip(out.frames, out.fps)
 
 
+@register("codec", "sanerv")
 class SANeRVCodec(NeRVCodec):
     """SA-NeRV: NeRV trained with an extra loss term on the edge masks of every frame."""
 
@@ -317,7 +315,7 @@ class SANeRVCodec(NeRVCodec):
         sam_checkpoint: str | None = None,
         **settings: Any,
     ) -> None:
-        from ..train.masks import TINY_RANDOM, EdgeParams, MaskError, MaskParams
+        from ..masks import TINY_RANDOM, EdgeParams, MaskError, MaskParams
 
         edge_names = {f.name for f in fields(EdgeParams)}
         mask_names = {f.name for f in fields(MaskParams)} - {"source", "edges", "include_crowd"}
@@ -361,12 +359,12 @@ class SANeRVCodec(NeRVCodec):
         if self.mask_params.source != "sam" or not self.sam_checkpoint:
             return None
         if self._sam_sha is None:
-            from ..weights import sha256_file
+            from ..media.hashing import file_sha256
 
             path = Path(self.sam_checkpoint).expanduser()
             if not path.is_file():
                 raise CodecError(f"{self.name}: SAM checkpoint {path} not found (settings.sam_checkpoint)")
-            self._sam_sha = sha256_file(path)
+            self._sam_sha = file_sha256(path)
         return self._sam_sha
 
     def identity_fields(self) -> dict[str, Any]:
@@ -378,7 +376,7 @@ class SANeRVCodec(NeRVCodec):
         if self._source is None:
             with self._mask_lock:
                 if self._source is None:
-                    from ..train.masks import build_source
+                    from ..masks import build_source
 
                     try:
                         self._source = build_source(self.mask_params, sam_checkpoint=self.sam_checkpoint,
@@ -407,7 +405,7 @@ class SANeRVCodec(NeRVCodec):
         return out
 
     def _make_masks(self, clip: Clip) -> np.ndarray:
-        from ..train.masks import MaskItem
+        from ..masks import MaskItem
 
         source = self.mask_source()
         out = np.empty(clip.frames.shape[:3], dtype=np.uint8)

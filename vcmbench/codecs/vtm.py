@@ -11,12 +11,13 @@ multithreading; the runner runs one encode per core.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import BinaryNotFoundError
+from ..media.hashing import file_sha256
+from ..registry import register
 from .base import find_executable
 from .external import YUVCodec
 
@@ -38,10 +39,7 @@ def _candidates(root: Path, names: tuple[str, ...]) -> list[Path]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
+@register("codec", "vtm")
 class VTMCodec(YUVCodec):
     quality_range = (0, 63)
     quality_name = "QP"
@@ -134,9 +132,9 @@ class VTMCodec(YUVCodec):
 
     def version(self) -> str:
         """The exact encoder, decoder and cfg files (hashes): a rebuilt VTM is a new codec version."""
-        v = f"vtm enc={_sha256(self.encoder)} dec={_sha256(self.decoder)} cfg={_sha256(self.cfg)}"
+        v = f"vtm enc={file_sha256(self.encoder)[:16]} dec={file_sha256(self.decoder)[:16]} cfg={file_sha256(self.cfg)[:16]}"
         try:  # clips use the cfg of their structure: it is part of the version where it exists
-            v += f" {self.video_config}={_sha256(self.video_cfg())}"
+            v += f" {self.video_config}={file_sha256(self.video_cfg())[:16]}"
         except BinaryNotFoundError:
             pass
         return v

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-from PIL import Image
-
-from ..cards import Card, stable_hash
-from ..errors import DatasetLayoutError, ItemError
+from ..cards import Card
+from ..errors import DatasetLayoutError
+from ..media.hashing import stable_hash
+from ..media.image import read_rgb
 
 
 @dataclass(frozen=True)
@@ -23,30 +21,6 @@ class Item:
     id: str
     path: Path
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_rgb(path: Path, item_id: str) -> np.ndarray:
-    """Decode an image file to HxWx3 uint8 RGB; a corrupt file is an :class:`ItemError` naming it."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("RGB")
-    except FileNotFoundError:
-        raise ItemError(f"item {item_id}: image file {path} is missing; restore it or leave it out with --exclude {item_id}") from None
-    except Exception as exc:  # PIL raises several types for corrupt data
-        raise ItemError(
-            f"item {item_id}: cannot decode image {path} ({type(exc).__name__}: {exc}); the file is corrupt or "
-            f"truncated: replace it from the official archive or leave it out with --exclude {item_id}"
-        ) from None
-    return np.asarray(rgb, dtype=np.uint8)
 
 
 class Dataset(ABC):
@@ -99,7 +73,7 @@ class Dataset(ABC):
         return items
 
     def load_image(self, item: Item) -> Any:
-        """The item's pixels: an H x W x 3 uint8 RGB image (a :class:`~vcmbench.video.Clip` for video datasets)."""
+        """The item's pixels: an H x W x 3 uint8 RGB image (a :class:`~vcmbench.media.clip.Clip` for video datasets)."""
         return read_rgb(item.path, item.id)
 
     def content_hash(self, item: Item, file_sha: str) -> str:

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetLayoutError
+from ..media.paths import cache_root
+from ..registry import register
 from .base import Dataset, Item
 
 __all__ = ["CityscapesDataset"]
@@ -43,6 +45,7 @@ IMAGE_SUFFIX = "_leftImg8bit.png"
 GT_SUFFIXES = ("_gtFine_instanceIds.png", "_gtFine_labelIds.png")
 
 
+@register("dataset", "cityscapes")
 class CityscapesDataset(Dataset):
     """Cityscapes leftImg8bit + gtFine; panoptic GT (cityscapesscripts) cached on first use."""
 
@@ -110,8 +113,7 @@ class CityscapesDataset(Dataset):
     def _cache_root(self) -> Path:
         if self.cache is not None:
             return self.cache
-        base = os.environ.get("VCMBENCH_CACHE") or os.path.join("~", ".cache", "vcmbench")
-        return Path(os.path.expanduser(base)) / "cityscapes"
+        return cache_root() / "cityscapes"
 
     def panoptic_key(self) -> str:
         """Hash of the split's instanceIds files (name, size, mtime) and the cityscapesscripts version."""

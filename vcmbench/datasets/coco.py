@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DatasetLayoutError
+from ..registry import register
 from .base import Dataset, Item
 
 LAYOUT = """  <root>/
@@ -19,6 +20,7 @@ LAYOUT = """  <root>/
     {annotations}"""
 
 
+@register("dataset", "coco")
 class CocoDataset(Dataset):
     def __init__(
         self,
@@ -30,6 +32,7 @@ class CocoDataset(Dataset):
         self.split = split
         self.annotations = annotations
         self._coco: Any = None
+        self._panoptic: Any = None
         self._items: list[Item] | None = None
 
     @property
@@ -111,3 +114,37 @@ class CocoDataset(Dataset):
 
     def image_id(self, item_id: str) -> int:
         return int(item_id)
+
+    def categories(self) -> list[dict[str, Any]]:
+        """The annotation file's categories (``id``, ``name``, ``supercategory``), sorted by id."""
+        return [dict(c) for _, c in sorted(self.coco_gt().cats.items())]
+
+    # ---- panoptic ground truth, where the dataset has it ---------------------------------------------
+    @property
+    def panoptic_json(self) -> Path:
+        """COCO's convention: ``annotations/instances_X.json`` -> ``annotations/panoptic_X.json``."""
+        ann = self.annotation_file
+        stem = ann.name[len("instances_") :] if ann.name.startswith("instances_") else ann.name
+        return ann.with_name("panoptic_" + stem)
+
+    @property
+    def panoptic_dir(self) -> Path:
+        """The folder of panoptic PNGs beside :attr:`panoptic_json` (``annotations/panoptic_X/``)."""
+        return self.panoptic_json.with_suffix("")
+
+    def panoptic_gt(self) -> Any:
+        """The COCO-panoptic ground truth (:class:`~vcmbench.metrics.panoptic.PanopticGroundTruth`), loaded once."""
+        if self._panoptic is None:
+            from ..metrics.panoptic import PanopticGroundTruth
+
+            json_file, folder = self.panoptic_json, self.panoptic_dir
+            if not json_file.is_file() or not folder.is_dir():
+                raise DatasetLayoutError(
+                    f"dataset {self.name} has no panoptic ground truth (looked for {json_file} and {folder}); "
+                    "panoptic_deeplab needs COCO panoptic annotations (a JSON and a folder of PNGs)"
+                )
+            self._panoptic = PanopticGroundTruth(json_file, folder)
+        return self._panoptic
+
+    def panoptic_image_id(self, item_id: str) -> int:
+        return self.image_id(item_id)

@@ -26,10 +26,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..cards import stable_hash
-from ..codecs.yuv import YUVFormat, frame_bytes
 from ..errors import DatasetLayoutError, ItemError
-from ..video import Clip, read_yuv_clip
+from ..media.clip import Clip, read_yuv_clip
+from ..media.hashing import stable_hash
+from ..media.yuv import YUVFormat, frame_bytes
+from ..registry import register
 from .base import Item
 from .video import Box, VideoDataset
 
@@ -86,6 +87,7 @@ def parse_yuv_name(path: Path) -> dict[str, Any] | None:
             "fps": int(fps) if fps.is_integer() else fps, "bit_depth": int(m["bits"] or 8)}  # fmt: skip
 
 
+@register("dataset", "sfu_hw")
 class SfuHwDataset(VideoDataset):
     """SFU-HW-Objects-v1 sequences (see the module docstring)."""
 

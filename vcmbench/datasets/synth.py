@@ -15,35 +15,26 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..cards import stable_hash
 from ..errors import DatasetLayoutError
+from ..media.hashing import stable_hash
+from ..media.image import read_rgb
+from ..registry import register
 from ..synth.generate import (
     GENERATOR_VERSION,
     SPLITS,
     THINGS,
     YUV_FORMAT,
-    SynthConfig,
+    config_from_settings,
     default_cache_root,
     ensure_split,
 )
-from .base import Item, read_rgb
+from .base import Item
 from .coco import CocoDataset
 from .sfu_hw import SfuHwDataset
 
-__all__ = ["SynthClipsDataset", "SynthDataset", "config_from_settings"]
+__all__ = ["SynthClipsDataset", "SynthDataset"]
 
-_GENERATOR_KEYS = ("seed", "width", "height", "images", "clips", "clip_frames", "clip_fps")
-
-
-def config_from_settings(settings: Mapping[str, Any]) -> SynthConfig:
-    """The :class:`SynthConfig` a card's settings describe (unknown keys are ignored here)."""
-    kw = {k: settings[k] for k in _GENERATOR_KEYS if k in settings and settings[k] is not None}
-    for key in ("images", "clips"):
-        if key in kw:
-            kw[key] = {str(s): int(n) for s, n in dict(kw[key]).items()}
-    return SynthConfig(**kw)
-
-
+@register("dataset", "synth")
 class SynthDataset(CocoDataset):
     """Synthetic images with COCO instances/panoptic ground truth and SFU-HW-style clips (see ``vcmbench.synth``)."""
 
@@ -97,14 +88,6 @@ class SynthDataset(CocoDataset):
 
     # ---- the other ground truths ---------------------------------------------------------------------
     @property
-    def panoptic_json(self) -> Path:
-        return self.root / "annotations" / f"panoptic_{self.split}.json"
-
-    @property
-    def panoptic_dir(self) -> Path:
-        return self.root / "annotations" / f"panoptic_{self.split}"
-
-    @property
     def sfu_hw_root(self) -> Path:
         """Root of the clips in the SFU-HW-Objects-v1 layout (``ClassS/...``)."""
         return self.root / "sfu_hw" / self.split
@@ -121,6 +104,7 @@ class SynthDataset(CocoDataset):
         return [dict(c, path=str(self.root / c["file"])) for c in data["clips"]]
 
 
+@register("dataset", "synth_clips")
 class SynthClipsDataset(SfuHwDataset):
     """The synth clips (``ClassS``: things moving, spinning, occluding each other and leaving the picture),
     read through the SFU-HW-Objects-v1 code path: generated on first use like :class:`SynthDataset`."""

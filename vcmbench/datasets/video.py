@@ -1,7 +1,7 @@
 """Video datasets: items are clips; scoring is per frame, with the frames as COCO images.
 
 A :class:`VideoDataset` yields one :class:`~vcmbench.datasets.base.Item` per clip; its
-``load_image`` returns a :class:`~vcmbench.video.Clip`. A task predicts every frame (the
+``load_image`` returns a :class:`~vcmbench.media.clip.Clip`. A task predicts every frame (the
 executors split clips into frames), so a clip's prediction is the list of its frames'
 predictions. For scoring, :meth:`VideoDataset.frame_predictions` turns those lists into
 one entry per frame keyed ``"<clip id>#<frame>"``, which :meth:`image_id` maps to the

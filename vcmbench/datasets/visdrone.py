@@ -28,6 +28,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import DatasetLayoutError
+from ..registry import register
 from .base import Dataset, Item
 
 __all__ = ["CATEGORIES", "VisDroneDataset", "parse_annotation_file"]
@@ -68,6 +69,7 @@ def parse_annotation_file(path: Path) -> list[tuple[float, float, float, float, 
     return rows
 
 
+@register("dataset", "visdrone")
 class VisDroneDataset(Dataset):
     """VisDrone2019-DET (a split folder with ``images/`` and ``annotations/``); COCO-format GT in memory."""
 

@@ -9,15 +9,13 @@ executor only turns self-contained, picklable jobs into results:
   bitstream, item) and yields one :class:`BatchResult` per batch: every image is
   decoded, the batch predicted, and per-image errors kept apart.
 
-Workers rebuild adapters from cards once per process (:func:`adapter`), so the
+Workers rebuild adapters from cards once per process (:func:`vcmbench.adapters.cached`), so the
 same jobs run in threads of the driver (local executor) or on a cluster (Ray).
 """
 
 from __future__ import annotations
 
-import math
 import sys
-import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -27,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from ..cards import Card, stable_hash
+from ..adapters import cached
+from ..cards import Card
 from ..codecs.base import Bitstream
 from ..datasets.base import Item
 from ..errors import CodecError, VcmbenchError
-from ..video import Clip, psnr_clip
+from ..media.clip import Clip, psnr
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class DecodeJob:
 
 @dataclass
 class Decoded:
-    #: the pixels a task sees: an image, or a :class:`~vcmbench.video.Clip` (predicted frame by frame)
+    #: the pixels a task sees: an image, or a :class:`~vcmbench.media.clip.Clip` (predicted frame by frame)
     image: np.ndarray | Clip
     decode_s: float | None = None
     psnr: float | None = None
@@ -103,51 +102,6 @@ class Outcome:
         self.error = error
 
 
-# ---- adapters built once per worker process ------------------------------------------------------
-_CACHE: dict[str, Any] = {}
-_LOCK = threading.Lock()
-
-
-def _card_key(card: Card) -> str:
-    return stable_hash({"kind": card.kind, "name": card.name, "adapter": card.adapter, "settings": dict(card.settings)})
-
-
-def adapter(card: Card) -> Any:
-    """The adapter a card describes, built once per process (and loaded, for tasks)."""
-    key = _card_key(card)
-    obj = _CACHE.get(key)
-    if obj is None:
-        with _LOCK:
-            obj = _CACHE.get(key)
-            if obj is None:
-                obj = card.build()
-                _CACHE[key] = obj
-    return obj
-
-
-_LOADED: set[str] = set()
-
-
-def task_adapter(card: Card) -> Any:
-    """The task a card describes, built and loaded (weights on its device) once per process."""
-    task = adapter(card)
-    key = _card_key(card)
-    if key not in _LOADED:
-        with _LOCK:
-            if key not in _LOADED:
-                task.load()
-                _LOADED.add(key)
-    return task
-
-
-def psnr(a: np.ndarray | Clip, b: np.ndarray | Clip) -> float:
-    """RGB PSNR (peak 255) of an image, or of a clip: the mean of its frames' PSNRs."""
-    if isinstance(a, Clip) and isinstance(b, Clip):
-        return psnr_clip(a, b)
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))  # type: ignore[union-attr]
-    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
-
-
 def longest_first(jobs: Iterable[EncodeJob]) -> list[EncodeJob]:
     """Encode jobs in the order to submit them: the largest source file first (a stable sort).
 
@@ -175,8 +129,8 @@ def longest_first(jobs: Iterable[EncodeJob]) -> list[EncodeJob]:
 
 def run_encode(job: EncodeJob) -> EncodeResult:
     """Worker side of an encode: read the item, encode it, return the bytes written."""
-    codec = adapter(job.codec)
-    image = adapter(job.dataset).load_image(job.item)
+    codec = cached(job.codec)
+    image = cached(job.dataset).load_image(job.item)
     t0 = time.perf_counter()
     bs = codec.encode(image, job.quality)
     seconds = time.perf_counter() - t0
@@ -187,14 +141,14 @@ def run_encode(job: EncodeJob) -> EncodeResult:
 
 def run_decode(job: DecodeJob) -> Decoded:
     """Worker side of a decode: the original image, or the decoded bitstream (+ stats if asked)."""
-    ds = adapter(job.dataset)
+    ds = cached(job.dataset)
     if job.codec is None:
         return Decoded(ds.load_image(job.item))
     if job.missing is not None or job.bitstream is None:
         raise EncodeFailed(f"no bitstream to decode (encode failed: {job.missing or 'no bitstream'})")
     bs = job.bitstream
     t = time.perf_counter()
-    image = adapter(job.codec).decode(bs)
+    image = cached(job.codec).decode(bs)
     seconds = time.perf_counter() - t
     if isinstance(image, Clip):
         if (image.num_frames, image.height, image.width) != (bs.frames, bs.height, bs.width):
@@ -245,6 +199,25 @@ def predict_batch(task: Any, images: Sequence[np.ndarray | Clip]) -> _Predicted:
         else:
             out[0][i], out[2][i] = preds, seconds
     return out
+
+
+def predict_into(task: Any, batch: BatchResult, images: list[Any]) -> BatchResult:
+    """Predict the decoded ``images`` of a batch (those whose decode succeeded, in order) into ``batch``:
+    its predictions, per-image times and errors; the pixels are freed once predicted."""
+    preds, errors, times = predict_batch(task, images) if images else ([], [], [])
+    it = iter(zip(preds, errors, times, strict=True))
+    batch.preds, batch.infer_s = [], []
+    for i, d in enumerate(batch.decode):
+        if d is None:
+            batch.preds.append(None)
+            batch.infer_s.append(None)
+            continue
+        p, e, t = next(it)
+        batch.preds.append(p)
+        batch.infer_s.append(t)
+        batch.errors[i] = e
+        d.image = None  # type: ignore[assignment]
+    return batch
 
 
 def _predict_images(task: Any, images: Sequence[np.ndarray]) -> _Predicted:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
+from ..adapters import loaded_task
 from ..cards import Card
 from .base import (
     BatchResult,
@@ -22,10 +23,9 @@ from .base import (
     EncodeJob,
     Executor,
     Outcome,
-    predict_batch,
+    predict_into,
     run_decode,
     run_encode,
-    task_adapter,
 )
 
 J = TypeVar("J")
@@ -54,7 +54,7 @@ class LocalExecutor(Executor):
         return self.unordered(run_encode, jobs)
 
     def infer(self, task: Card, jobs: Iterable[DecodeJob], batch_size: int) -> Iterator[BatchResult]:
-        model = task_adapter(task)
+        model = loaded_task(task)
         batch = BatchResult([])
         images = []
         for out in self.ordered(run_decode, jobs, window=2 * batch_size + self.workers):
@@ -65,27 +65,10 @@ class LocalExecutor(Executor):
             if decoded is not None:
                 images.append(decoded.image)
             if len(batch.jobs) >= batch_size:
-                yield self._predict(model, batch, images)
+                yield predict_into(model, batch, images)
                 batch, images = BatchResult([]), []
         if batch.jobs:
-            yield self._predict(model, batch, images)
-
-    @staticmethod
-    def _predict(model: Any, batch: BatchResult, images: list[Any]) -> BatchResult:
-        preds, errors, times = predict_batch(model, images) if images else ([], [], [])
-        it = iter(zip(preds, errors, times, strict=True))
-        batch.preds, batch.infer_s = [], []
-        for i, d in enumerate(batch.decode):
-            if d is None:
-                batch.preds.append(None)
-                batch.infer_s.append(None)
-                continue
-            p, e, t = next(it)
-            batch.preds.append(p)
-            batch.infer_s.append(t)
-            batch.errors[i] = e
-            d.image = None  # type: ignore[assignment]  # free the pixels once predicted
-        return batch
+            yield predict_into(model, batch, images)
 
     # ---- generic helpers (also used by benchmarks) -------------------------------------------
     def unordered(self, fn: Callable[[J], R], jobs: Iterable[J]) -> Iterator[Outcome]:

@@ -9,7 +9,7 @@ the runner and the store are the same as with the local executor:
   of them is in flight, and results are yielded as they finish, so the runner
   (the driver, the only writer to the store) commits every unit as it arrives;
 - **task models are long-lived Ray actors** holding their weights (loaded once per
-  actor through :func:`~vcmbench.executors.base.task_adapter`), requesting
+  actor through :func:`~vcmbench.adapters.loaded_task`), requesting
   ``num_gpus`` when the cluster has GPUs and CPUs otherwise, or any custom
   resource (``model_resources``); decoded images reach the actor through the
   object store: the actor receives the ObjectRefs of the decode tasks' results,
@@ -43,6 +43,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayError, RayTaskError
 
+from ..adapters import loaded_task
 from ..cards import Card
 from ..errors import VcmbenchError
 from .base import (
@@ -54,11 +55,10 @@ from .base import (
     Executor,
     Outcome,
     log_stderr,
+    predict_into,
     run_decode,
     run_encode,
-    task_adapter,
 )
-from .local import LocalExecutor
 
 #: ``model_threads`` meaning every core of the actor's node
 ALL_CORES = -1
@@ -118,14 +118,14 @@ class _ModelWorker:
                 torch.set_num_threads(threads)
             except ImportError:  # pragma: no cover - a task without torch
                 pass
-        self.task = task_adapter(card)
+        self.task = loaded_task(card)
 
     def ready(self) -> dict[str, Any]:
         """Where the model lives (node, device); returns once the weights are loaded."""
         ctx = ray.get_runtime_context()
         return {
             "node": ctx.get_node_id(), "pid": os.getpid(),
-            "device": str(getattr(self.task, "_device", None) or "n/a"),
+            "device": self.task.running_on(),
             "accelerators": ctx.get_accelerator_ids(),
         }  # fmt: skip
 
@@ -148,7 +148,7 @@ class _ModelWorker:
             if value is not None:
                 images.append(value.image)
         # the same per-image error isolation and bookkeeping as the local executor
-        return LocalExecutor._predict(self.task, batch, images)
+        return predict_into(self.task, batch, images)
 
 
 # ---- driver side --------------------------------------------------------------------------------

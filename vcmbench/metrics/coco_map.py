@@ -27,6 +27,8 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "BACKENDS",
     "BBOX_METRICS",
@@ -34,6 +36,7 @@ __all__ = [
     "SEGM_METRICS",
     "coco_bbox_eval",
     "coco_segm_eval",
+    "encode_masks",
     "resolve_backend",
 ]
 
@@ -176,3 +179,13 @@ def coco_segm_eval(
     with sink:
         ev = _run(coco_gt, dets, ids, "segm", backend, verbose)
     return {name: float(ev.stats[i]) for name, i in SEGM_METRICS.items()}
+
+
+def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
+    """(N, H, W) boolean masks -> compressed RLE dicts with ``counts`` as str (pycocotools)."""
+    from pycocotools import mask as mask_utils
+
+    if len(masks) == 0:
+        return []
+    rles = mask_utils.encode(np.asfortranarray(np.moveaxis(masks.astype(np.uint8), 0, -1)))
+    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]

@@ -442,10 +442,3 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def published_size(n: int) -> str:
-    """The paper's name for an N (small / medium / large), or ``N=<n>``."""
-    for name, value in TCM_SIZES.items():
-        if value == n:
-            return name
-    return f"N={n}"
-

@@ -2,11 +2,27 @@
 
 See :mod:`vcmbench.synth.generate` for the files written, :mod:`vcmbench.synth.scene` for
 what is drawn, :mod:`vcmbench.synth.checks` for the format checks and
-:mod:`vcmbench.synth.train` for the recipe that trains the task models on it.
+:mod:`vcmbench.train.synth_yolo` for the recipe that trains the task models on it.
 """
 
 from __future__ import annotations
 
-from .generate import GENERATOR_VERSION, SPLITS, SynthConfig, default_cache_root, ensure_split, tree_digest
+from .generate import (
+    GENERATOR_VERSION,
+    SPLITS,
+    SynthConfig,
+    config_from_settings,
+    default_cache_root,
+    ensure_split,
+    tree_digest,
+)
 
-__all__ = ["GENERATOR_VERSION", "SPLITS", "SynthConfig", "default_cache_root", "ensure_split", "tree_digest"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "SPLITS",
+    "SynthConfig",
+    "config_from_settings",
+    "default_cache_root",
+    "ensure_split",
+    "tree_digest",
+]

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .checks import check_clips, check_instances, check_panoptic
-from .generate import SPLITS, default_cache_root, ensure_split, is_complete, tree_digest
+from .generate import SPLITS, config_from_settings, default_cache_root, ensure_split, is_complete, tree_digest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,7 +31,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from ..cards import CardSet
-    from ..datasets.synth import config_from_settings
 
     settings = dict(CardSet().get("dataset", "synth").settings)
     if args.seed is not None:

@@ -43,7 +43,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..cards import stable_hash
+from ..media.hashing import stable_hash
+from ..media.paths import cache_root
 from .scene import (
     FACE_KEYPOINTS,
     STUFF,
@@ -61,6 +62,7 @@ __all__ = [
     "GENERATOR_VERSION",
     "SPLITS",
     "SynthConfig",
+    "config_from_settings",
     "default_cache_root",
     "ensure_split",
     "generate_split",
@@ -76,8 +78,7 @@ YUV_FORMAT = {"chroma": "420", "bit_depth": 8, "matrix": "bt601", "range": "limi
 
 def default_cache_root() -> Path:
     """``$VCMBENCH_CACHE/synth`` (``VCMBENCH_CACHE`` defaults to ``~/.cache/vcmbench``)."""
-    root = os.environ.get("VCMBENCH_CACHE") or os.path.join("~", ".cache", "vcmbench")
-    return Path(os.path.expanduser(root)) / "synth"
+    return cache_root() / "synth"
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,19 @@ class SynthConfig:
 
     def n_clips(self, split: str) -> int:
         return int(self.clips.get(split, 0))
+
+
+#: the settings of a synth dataset card that are generator parameters
+GENERATOR_KEYS = ("seed", "width", "height", "images", "clips", "clip_frames", "clip_fps")
+
+
+def config_from_settings(settings: Mapping[str, Any]) -> SynthConfig:
+    """The :class:`SynthConfig` a card's settings describe (unknown keys are ignored here)."""
+    kw = {k: settings[k] for k in GENERATOR_KEYS if k in settings and settings[k] is not None}
+    for key in ("images", "clips"):
+        if key in kw:
+            kw[key] = {str(s): int(n) for s, n in dict(kw[key]).items()}
+    return SynthConfig(**kw)
 
 
 def _rng(cfg: SynthConfig, split: str, *index: int) -> np.random.Generator:
@@ -236,11 +250,6 @@ def _bbox(mask: np.ndarray) -> list[int]:
     cols = np.flatnonzero(mask.any(axis=0))
     rows = np.flatnonzero(mask.any(axis=1))
     return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0]) + 1, int(rows[-1] - rows[0]) + 1]
-
-
-def id_to_rgb(seg_id: int) -> tuple[int, int, int]:
-    """COCO panoptic colour of a segment id (id = R + 256 G + 256^2 B)."""
-    return seg_id % 256, (seg_id // 256) % 256, (seg_id // 65536) % 256
 
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
@@ -405,7 +414,7 @@ def clip_name(index: int) -> str:
 
 
 def _write_clips(cfg: SynthConfig, split: str, out: Path, workers: int = 1) -> dict[str, Any]:
-    from ..codecs.yuv import YUVFormat, rgb_to_yuv_bytes
+    from ..media.yuv import YUVFormat, rgb_to_yuv_bytes
 
     fmt = YUVFormat(matrix="bt601", full_range=False, bit_depth=8)
     w, h, fps = cfg.width, cfg.height, cfg.clip_fps

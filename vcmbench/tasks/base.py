@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..cards import Card, stable_hash
+from ..cards import Card
+from ..media.hashing import stable_hash
 
 if TYPE_CHECKING:
-    from ..datasets.base import Dataset
+    pass
 
 
 class Task(ABC):
@@ -30,6 +31,9 @@ class Task(ABC):
     #: ``evaluate`` needs only the predictions and the dataset (no model), so the runner may score units in a
     #: background process built from the cards while the model works on
     background_scoring: ClassVar[bool] = True
+    #: what ``evaluate`` needs of a dataset (Protocols of :mod:`vcmbench.contracts`), checked when a grid is
+    #: planned: a dataset that lacks one is refused before any work
+    requires: ClassVar[tuple[type, ...]] = ()
 
     name: str = "task"
     card_settings: Mapping[str, Any] = {}
@@ -51,6 +55,11 @@ class Task(ABC):
         settings = {k: v for k, v in self.card_settings.items() if k not in self.location_settings}
         return stable_hash({"class": type(self).__qualname__, "settings": settings, "version": self.version()})
 
+    def running_on(self) -> str:
+        """The device the loaded model runs on (e.g. ``cuda:0``, ``cpu``); ``n/a`` before :meth:`load` or
+        for a task without one. Adapters keep it in ``_device``."""
+        return str(getattr(self, "_device", None) or "n/a")
+
     def load(self) -> None:  # noqa: B027 - optional hook, a task without a model needs nothing
         """Load the model (weights, device); called once before the first ``predict``."""
 
@@ -59,5 +68,6 @@ class Task(ABC):
         """Predictions for a batch of HxWx3 uint8 RGB images, one JSON-serialisable value per image."""
 
     @abstractmethod
-    def evaluate(self, predictions: Mapping[str, Any], dataset: Dataset) -> dict[str, float]:
-        """Score predictions keyed by item id against the dataset's ground truth."""
+    def evaluate(self, predictions: Mapping[str, Any], dataset: Any) -> dict[str, float]:
+        """Score predictions keyed by item id against the dataset's ground truth (a dataset meeting
+        :attr:`requires`)."""

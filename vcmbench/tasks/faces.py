@@ -39,8 +39,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ..cards import stable_hash
 from ..errors import WeightsError
+from ..media.devices import resolve_device
+from ..media.hashing import file_sha256, stable_hash
+from ..media.paths import cache_root
+from ..registry import register
 from .base import Task
 
 if TYPE_CHECKING:
@@ -100,6 +103,7 @@ def match_count(ref: np.ndarray, found: np.ndarray, iou_thres: float) -> int:
     return matched
 
 
+@register("task", "faces")
 class FacesTask(Task):
     """MTCNN face detection on decoded images, scored as recall of the faces found on the originals.
 
@@ -156,13 +160,10 @@ class FacesTask(Task):
     def load(self) -> None:
         if self._model is not None:
             return
-        import torch
-
         _package_weights()
         from facenet_pytorch import MTCNN
 
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if self.device in ("auto", "", None) \
-            else torch.device(self.device)  # fmt: skip
+        dev = resolve_device(self.device, self.name)
         self._model = MTCNN(keep_all=True, min_face_size=self.min_face_size, thresholds=self.thresholds,
                             factor=self.factor, post_process=False, select_largest=False, device=dev)  # fmt: skip
 
@@ -188,13 +189,10 @@ class FacesTask(Task):
 
     # ---- scoring ------------------------------------------------------------------------------
     def _cache_file(self, sha: str) -> Path:
-        root = os.environ.get("VCMBENCH_CACHE") or os.path.join("~", ".cache", "vcmbench")
-        return Path(os.path.expanduser(root)) / "faces" / self.detector_identity() / f"{sha}.json"
+        return cache_root() / "faces" / self.detector_identity() / f"{sha}.json"
 
     def reference(self, item: Any, dataset: Dataset) -> list[list[float]]:
         """Detections on the original image of ``item`` (memory cache, then disk cache, then MTCNN)."""
-        from ..datasets.base import file_sha256
-
         sha = file_sha256(item.path)
         if sha in self._reference:
             return self._reference[sha]

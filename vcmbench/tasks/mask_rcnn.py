@@ -28,55 +28,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
-from ..cards import Card
+from ..cards import Card, resolve_card_path
+from ..contracts import CocoInstances
 from ..errors import WeightsError
-from ..weights import resolve_weights, sha256_file
+from ..media.devices import resolve_device
+from ..media.hashing import file_sha256
+from ..metrics.coco_map import encode_masks
+from ..registry import register
+from ..weights import resolve_weights
 from .base import Task
 
-if TYPE_CHECKING:
-    from ..datasets.base import Dataset
-
-__all__ = ["IMPL_VERSION", "MaskRCNNTask", "encode_masks", "resolve_device", "resolve_card_path"]
+__all__ = ["IMPL_VERSION", "MaskRCNNTask"]
 
 IMPL_VERSION = "1"
 BACKENDS = ("torchvision", "detectron2")
 
 
-def resolve_device(device: str | None, who: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; a named device is checked."""
-    if device in ("auto", "", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(str(device))
-    except RuntimeError as exc:
-        raise ValueError(f"{who}: invalid device {device!r} ({exc}); use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{who}: device {device!r} requested but CUDA is not available; use device: auto")
-    return dev
-
-
-def resolve_card_path(value: str | None, card: Card) -> str | None:
-    """A relative path in a card is taken relative to the folder holding the card's ``tasks/`` folder,
-    when it does not exist relative to the working directory (so built-in cards work from anywhere)."""
-    if not value or Path(value).expanduser().is_absolute():
-        return value
-    if Path(value).exists():
-        return str(Path(value).resolve())
-    if card.path is None:
-        return value
-    cand = card.path.resolve().parent.parent / value
-    return str(cand) if cand.exists() else value
-
-
 def check_sha256_prefix(path: Path, prefix: str, what: str) -> None:
     """torch.hub's check: the file's sha256 starts with the hex digits published in its file name."""
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if not actual.startswith(prefix.lower()):
         raise WeightsError(
             f"weights file {path} for {what} fails its checksum: sha256 should start with {prefix}, actual "
@@ -84,20 +60,12 @@ def check_sha256_prefix(path: Path, prefix: str, what: str) -> None:
         )
 
 
-def encode_masks(masks: np.ndarray) -> list[dict[str, Any]]:
-    """(N, H, W) boolean masks -> compressed RLE dicts with ``counts`` as str (pycocotools)."""
-    from pycocotools import mask as mask_utils
-
-    if len(masks) == 0:
-        return []
-    rles = mask_utils.encode(np.asfortranarray(np.moveaxis(masks.astype(np.uint8), 0, -1)))
-    return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("ascii")} for r in rles]
-
-
+@register("task", "mask_rcnn")
 class MaskRCNNTask(Task):
     """Mask R-CNN (torchvision, or detectron2 when installed); COCO bbox + segm mAP."""
     #: frames of video datasets are scored like images (against the COCO ground truth of their labels)
     media: ClassVar[tuple[str, ...]] = ("image", "video")
+    requires: ClassVar[tuple[type, ...]] = (CocoInstances,)
 
     metrics: ClassVar[tuple[str, ...]] = ("map", "segm_map")
     location_settings: ClassVar[tuple[str, ...]] = ("weights", "url")
@@ -207,7 +175,7 @@ class MaskRCNNTask(Task):
         return self._weights_path
 
     def version(self) -> str:
-        return f"{IMPL_VERSION}+{self.backend}+weights.sha256:{sha256_file(self.weights_path())}"
+        return f"{IMPL_VERSION}+{self.backend}+weights.sha256:{file_sha256(self.weights_path())}"
 
     # -- model ----------------------------------------------------------------------------------
     def _model_kwargs(self) -> dict[str, Any]:
@@ -291,11 +259,11 @@ class MaskRCNNTask(Task):
         return self._to_rows(inst.pred_boxes.tensor, inst.scores, labels, inst.pred_masks.float())
 
     # -- scoring --------------------------------------------------------------------------------
-    def coco_results(self, predictions: Mapping[str, Any], dataset: Dataset) -> list[dict[str, Any]]:
+    def coco_results(self, predictions: Mapping[str, Any], dataset: CocoInstances) -> list[dict[str, Any]]:
         """COCO result dicts (``image_id``, ``category_id``, ``bbox``, ``score``, ``segmentation``)."""
         out = []
         for item_id, dets in predictions.items():
-            image_id = dataset.image_id(item_id)  # type: ignore[attr-defined]
+            image_id = dataset.image_id(item_id)
             for d in dets:
                 cat = self.label_map.get(d["label"]) if self.label_map else d["label"]
                 if cat is None:
@@ -304,7 +272,7 @@ class MaskRCNNTask(Task):
                             "segmentation": d["segmentation"]})  # fmt: skip
         return out
 
-    def evaluate(self, predictions: Mapping[str, Any], dataset: Dataset) -> dict[str, float]:
+    def evaluate(self, predictions: Mapping[str, Any], dataset: CocoInstances) -> dict[str, float]:
         from ..metrics.coco_map import coco_bbox_eval, coco_segm_eval
 
         if not callable(getattr(dataset, "coco_gt", None)):
@@ -312,9 +280,9 @@ class MaskRCNNTask(Task):
                 f"{self.name}: dataset {dataset.name} has no COCO instance ground truth (coco_gt); "
                 "Mask R-CNN is scored on COCO-format datasets (coco, synth, visdrone)"
             )
-        gt = dataset.coco_gt()  # type: ignore[attr-defined]
+        gt = dataset.coco_gt()
         results = self.coco_results(predictions, dataset)
-        img_ids = [dataset.image_id(k) for k in predictions]  # type: ignore[attr-defined]
+        img_ids = [dataset.image_id(k) for k in predictions]
         boxes = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
         metrics = coco_bbox_eval(gt, boxes, img_ids)
         anns = gt.loadAnns(gt.getAnnIds(imgIds=img_ids))

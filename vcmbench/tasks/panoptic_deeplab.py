@@ -41,14 +41,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cards import Card
+from ..cards import Card, resolve_card_path
+from ..contracts import CocoInstances, PanopticSource
 from ..errors import WeightsError
-from ..weights import resolve_weights, sha256_file
+from ..media.devices import resolve_device
+from ..media.hashing import file_sha256
+from ..registry import register
+from ..weights import resolve_weights
 from .base import Task
-from .mask_rcnn import resolve_card_path, resolve_device
 
 if TYPE_CHECKING:
-    from ..datasets.base import Dataset
     from ..models.panoptic_deeplab import PanopticDeepLab, PostProcessConfig
 
 __all__ = ["IMPL_VERSION", "PanopticDeepLabTask", "load_vcmbench_panoptic", "save_vcmbench_panoptic"]
@@ -90,11 +92,14 @@ def load_vcmbench_panoptic(path: str | Path) -> tuple[PanopticDeepLab, list[int]
     return model.eval(), [int(c) for c in obj["thing_classes"]]
 
 
+@register("task", "panoptic_deeplab")
 class PanopticDeepLabTask(Task):
     """Panoptic-DeepLab (native PyTorch), PQ/SQ/RQ + instance AP."""
 
     metrics: ClassVar[tuple[str, ...]] = ("pq", "pq_th", "pq_st")
     location_settings: ClassVar[tuple[str, ...]] = ("weights", "url")
+    #: PQ needs panoptic ground truth; a dataset that also has COCO instances gets mask AP of the things
+    requires: ClassVar[tuple[type, ...]] = (PanopticSource,)
 
     def __init__(
         self,
@@ -174,7 +179,7 @@ class PanopticDeepLabTask(Task):
         return self._weights_path
 
     def version(self) -> str:
-        return f"{IMPL_VERSION}+{self.format}+weights.sha256:{sha256_file(self.weights_path())}"
+        return f"{IMPL_VERSION}+{self.format}+weights.sha256:{file_sha256(self.weights_path())}"
 
     # -- model ----------------------------------------------------------------------------------
     def load(self) -> None:
@@ -254,10 +259,10 @@ class PanopticDeepLabTask(Task):
             return self.categories
         return [int(c["id"]) for c in sorted(dataset_categories, key=lambda c: int(c["id"]))]
 
-    def evaluate(self, predictions: Mapping[str, Any], dataset: Dataset) -> dict[str, float]:
+    def evaluate(self, predictions: Mapping[str, Any], dataset: PanopticSource) -> dict[str, float]:
         from ..metrics.panoptic import evaluate_predictions
 
-        gt = panoptic_ground_truth(dataset)
+        gt = dataset.panoptic_gt()
         cats = self.category_ids(gt.categories)
         by_image = {}
         for item_id, p in predictions.items():
@@ -269,26 +274,24 @@ class PanopticDeepLabTask(Task):
                         f"{cats}); set categories: in the card"
                     )
                 segs.append({"id": s["id"], "category_id": cats[s["class"]]})
-            by_image[_panoptic_image_id(dataset, item_id)] = {"png": p["png"], "segments_info": segs}
+            by_image[dataset.panoptic_image_id(item_id)] = {"png": p["png"], "segments_info": segs}
         metrics = evaluate_predictions(by_image, gt)
-        coco_gt = getattr(dataset, "coco_gt", None)
-        if coco_gt is not None:
+        if isinstance(dataset, CocoInstances):
             metrics.update(self._instance_ap(predictions, dataset, cats))
         return metrics
 
-    def _instance_ap(self, predictions: Mapping[str, Any], dataset: Dataset, cats: list[int]) -> dict[str, float]:
+    def _instance_ap(self, predictions: Mapping[str, Any], dataset: CocoInstances, cats: list[int]) -> dict[str, float]:
         """Mask AP of the thing segments against the dataset's COCO instances (``ap``, ``ap50``)."""
-        from ..metrics.coco_map import coco_segm_eval
+        from ..metrics.coco_map import coco_segm_eval, encode_masks
         from ..metrics.panoptic import decode_id_png
-        from .mask_rcnn import encode_masks
 
-        gt = dataset.coco_gt()  # type: ignore[attr-defined]
-        img_ids = [dataset.image_id(k) for k in predictions]  # type: ignore[attr-defined]
+        gt = dataset.coco_gt()
+        img_ids = [dataset.image_id(k) for k in predictions]
         if not all("segmentation" in a for a in gt.loadAnns(gt.getAnnIds(imgIds=img_ids))):
             return {}  # boxes only: no mask AP
         results = []
         for item_id, p in predictions.items():
-            image_id = dataset.image_id(item_id)  # type: ignore[attr-defined]
+            image_id = dataset.image_id(item_id)
             things = [s for s in p["segments_info"] if s["isthing"]]
             if not things:
                 continue
@@ -299,43 +302,3 @@ class PanopticDeepLabTask(Task):
                                 "segmentation": rle})  # fmt: skip
         m = coco_segm_eval(gt, results, img_ids)
         return {"ap": m["segm_map"], "ap50": m["segm_map50"]}
-
-
-def panoptic_ground_truth(dataset: Dataset) -> Any:
-    """The dataset's COCO-panoptic ground truth (:class:`~vcmbench.metrics.panoptic.PanopticGroundTruth`).
-
-    Asked for by ``dataset.panoptic_gt()`` when the dataset has it; else found by the COCO
-    convention: ``panoptic_json`` / ``panoptic_dir`` attributes, or next to the instances
-    file (``annotations/instances_X.json`` -> ``annotations/panoptic_X.json`` + ``panoptic_X/``).
-    Loaded once per dataset object.
-    """
-    from ..errors import DatasetLayoutError
-    from ..metrics.panoptic import PanopticGroundTruth
-
-    cached = getattr(dataset, "_vcmbench_panoptic_gt", None)
-    if cached is not None:
-        return cached
-    getter = getattr(dataset, "panoptic_gt", None)
-    if callable(getter):
-        return getter()
-    json_file = getattr(dataset, "panoptic_json", None)
-    folder = getattr(dataset, "panoptic_dir", None)
-    ann = getattr(dataset, "annotation_file", None)
-    if json_file is None and ann is not None and Path(ann).name.startswith("instances_"):
-        json_file = Path(ann).with_name("panoptic_" + Path(ann).name[len("instances_"):])
-        folder = Path(json_file).with_suffix("")
-    if json_file is None or not Path(json_file).is_file() or folder is None or not Path(folder).is_dir():
-        raise DatasetLayoutError(
-            f"dataset {getattr(dataset, 'name', '?')} has no panoptic ground truth (looked for {json_file} and "
-            f"{folder}); panoptic_deeplab needs COCO panoptic annotations (a JSON and a folder of PNGs)"
-        )
-    gt = PanopticGroundTruth(json_file, folder)
-    dataset._vcmbench_panoptic_gt = gt  # type: ignore[attr-defined]
-    return gt
-
-
-def _panoptic_image_id(dataset: Dataset, item_id: str) -> Any:
-    getter = getattr(dataset, "panoptic_image_id", None)
-    if callable(getter):
-        return getter(item_id)
-    return dataset.image_id(item_id)  # type: ignore[attr-defined]

@@ -17,17 +17,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..cards import Card
+from ..contracts import CocoInstances
 from ..errors import WeightsError
-from ..weights import resolve_weights, sha256_file
+from ..media.devices import resolve_device
+from ..media.hashing import file_sha256
+from ..metrics.coco_map import encode_masks
+from ..registry import register
+from ..weights import resolve_weights
 from .base import Task
-
-if TYPE_CHECKING:
-    from ..datasets.base import Dataset
 
 __all__ = ["IMPL_VERSION", "UltralyticsDetectTask", "UltralyticsSegmentTask", "UltralyticsYOLOTask"]
 
@@ -38,6 +40,7 @@ IMPL_VERSION = "1"
 class UltralyticsYOLOTask(Task):
     """Base of the Ultralytics adapters: weights, predictor settings, class-name mapping."""
 
+    requires: ClassVar[tuple[type, ...]] = (CocoInstances,)
     location_settings: ClassVar[tuple[str, ...]] = ("weights",)
     #: the Ultralytics task name the checkpoint must have
     yolo_task: ClassVar[str] = "detect"
@@ -98,14 +101,13 @@ class UltralyticsYOLOTask(Task):
     def version(self) -> str:
         import ultralytics
 
-        return f"{IMPL_VERSION}+ultralytics{ultralytics.__version__}+weights.sha256:{sha256_file(self.weights_path())}"
+        return f"{IMPL_VERSION}+ultralytics{ultralytics.__version__}+weights.sha256:{file_sha256(self.weights_path())}"
 
     # -- model ----------------------------------------------------------------------------------------
-    def _device(self) -> str:
+    def running_on(self) -> str:
+        """The device as Ultralytics names it: ``auto`` is ``cuda:0`` or ``cpu``; others pass through ("0", ...)."""
         if self.device in ("auto", "", None):
-            import torch
-
-            return "cuda:0" if torch.cuda.is_available() else "cpu"
+            return "cuda:0" if resolve_device(self.device, self.name).type == "cuda" else "cpu"
         return str(self.device)
 
     def load(self) -> None:
@@ -152,16 +154,16 @@ class UltralyticsYOLOTask(Task):
                 bgr = [np.ascontiguousarray(images[i][..., ::-1]) for i in chunk]  # the predictor reads BGR
                 res = self._model.predict(
                     bgr, imgsz=self.img_size, conf=self.conf_thres, iou=self.iou_thres, max_det=self.max_det,
-                    device=self._device(), retina_masks=True, verbose=False, save=False,
+                    device=self.running_on(), retina_masks=True, verbose=False, save=False,
                 )  # fmt: skip
                 for i, r in zip(chunk, res, strict=True):
                     out[i] = r
         return out
 
     # -- scoring --------------------------------------------------------------------------------------
-    def category_map(self, dataset: Dataset) -> dict[int, int]:
+    def category_map(self, dataset: CocoInstances) -> dict[int, int]:
         """Class index -> dataset category id, matched by name."""
-        cats = dataset.coco_gt().cats  # type: ignore[attr-defined]
+        cats = dataset.coco_gt().cats
         by_name = {str(c["name"]): int(c["id"]) for c in cats.values()}
         names = self.names()
         missing = sorted({n for n in names.values() if n not in by_name})
@@ -189,6 +191,7 @@ class UltralyticsYOLOTask(Task):
         return [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)]
 
 
+@register("task", "ultralytics_detect")
 class UltralyticsDetectTask(UltralyticsYOLOTask):
     """Object detection; predictions per image: ``[[x1, y1, x2, y2, score, class_index], ...]`` (pixels)."""
     #: frames of video datasets are scored like images (against the COCO ground truth of their labels)
@@ -200,20 +203,21 @@ class UltralyticsDetectTask(UltralyticsYOLOTask):
     def predict(self, images: Sequence[np.ndarray]) -> list[list[list[float]]]:
         return [self._boxes(r) for r in self._results(images)]
 
-    def evaluate(self, predictions: Mapping[str, Any], dataset: Dataset) -> dict[str, float]:
+    def evaluate(self, predictions: Mapping[str, Any], dataset: CocoInstances) -> dict[str, float]:
         from ..metrics.coco_map import coco_bbox_eval
 
         cats = self.category_map(dataset)
         dets = []
         for item_id, rows in predictions.items():
-            image_id = dataset.image_id(item_id)  # type: ignore[attr-defined]
+            image_id = dataset.image_id(item_id)
             for x1, y1, x2, y2, score, cls in rows:
                 dets.append({"image_id": image_id, "category_id": cats[int(cls)],
                              "bbox": self._coco_box(x1, y1, x2, y2), "score": round(score, 5)})  # fmt: skip
-        img_ids = [dataset.image_id(k) for k in predictions]  # type: ignore[attr-defined]
-        return coco_bbox_eval(dataset.coco_gt(), dets, img_ids)  # type: ignore[attr-defined]
+        img_ids = [dataset.image_id(k) for k in predictions]
+        return coco_bbox_eval(dataset.coco_gt(), dets, img_ids)
 
 
+@register("task", "ultralytics_segment")
 class UltralyticsSegmentTask(UltralyticsYOLOTask):
     """Instance segmentation; predictions per image: ``{"size": [h, w], "boxes": [[x1, y1, x2, y2, score,
     class_index], ...], "masks": [RLE counts, ...]}`` (one compressed COCO RLE string per box)."""
@@ -225,8 +229,6 @@ class UltralyticsSegmentTask(UltralyticsYOLOTask):
         super().__init__(*args, max_det=max_det, **kw)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[dict[str, Any]]:
-        from pycocotools import mask as mask_utils
-
         out = []
         for im, r in zip(images, self._results(images), strict=True):
             h, w = im.shape[:2]
@@ -236,24 +238,23 @@ class UltralyticsSegmentTask(UltralyticsYOLOTask):
                 masks = r.masks.data.detach().cpu().numpy() > 0.5
                 if masks.shape[1:] != (h, w):
                     raise ValueError(f"{self.name}: masks are {masks.shape[1:]}, image is {(h, w)}")
-                enc = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-                rles = [e["counts"].decode("ascii") for e in enc]
+                rles = [e["counts"] for e in encode_masks(masks)]
             out.append({"size": [h, w], "boxes": rows, "masks": rles})
         return out
 
-    def evaluate(self, predictions: Mapping[str, Any], dataset: Dataset) -> dict[str, float]:
+    def evaluate(self, predictions: Mapping[str, Any], dataset: CocoInstances) -> dict[str, float]:
         from ..metrics.coco_map import coco_bbox_eval, coco_segm_eval
 
         cats = self.category_map(dataset)
         boxes, segms = [], []
         for item_id, pred in predictions.items():
-            image_id = dataset.image_id(item_id)  # type: ignore[attr-defined]
+            image_id = dataset.image_id(item_id)
             for (x1, y1, x2, y2, score, cls), counts in zip(pred["boxes"], pred["masks"], strict=True):
                 cat = cats[int(cls)]
                 boxes.append({"image_id": image_id, "category_id": cat, "bbox": self._coco_box(x1, y1, x2, y2),
                               "score": round(score, 5)})  # fmt: skip
                 segms.append({"image_id": image_id, "category_id": cat, "score": round(score, 5),
                               "segmentation": {"size": list(pred["size"]), "counts": counts}})  # fmt: skip
-        img_ids = [dataset.image_id(k) for k in predictions]  # type: ignore[attr-defined]
-        gt = dataset.coco_gt()  # type: ignore[attr-defined]
+        img_ids = [dataset.image_id(k) for k in predictions]
+        gt = dataset.coco_gt()
         return {**coco_segm_eval(gt, segms, img_ids), **coco_bbox_eval(gt, boxes, img_ids)}

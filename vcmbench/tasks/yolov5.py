@@ -26,18 +26,19 @@ import types
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
+from ..contracts import CocoInstances
 from ..errors import WeightsError
-from ..weights import resolve_weights, sha256_file
+from ..media.devices import resolve_device
+from ..media.hashing import file_sha256
+from ..registry import register
+from ..weights import resolve_weights
 from .base import Task
-
-if TYPE_CHECKING:
-    from ..datasets.base import Dataset
 
 __all__ = ["IMPL_VERSION", "YOLOv5Task", "load_yolov5_checkpoint", "rect_input_shape", "resize_long_side"]
 
@@ -159,6 +160,7 @@ def rect_input_shape(
     return int(shape[0]), int(shape[1])
 
 
+@register("task", "yolov5")
 class YOLOv5Task(Task):
     """Official YOLOv5 checkpoint, val.py settings, COCO box mAP (pycocotools).
 
@@ -167,6 +169,7 @@ class YOLOv5Task(Task):
     """
     #: frames of video datasets are scored like images (against the COCO ground truth of their labels)
     media: ClassVar[tuple[str, ...]] = ("image", "video")
+    requires: ClassVar[tuple[type, ...]] = (CocoInstances,)
 
     metrics: ClassVar[tuple[str, ...]] = ("map", "map50")
     location_settings: ClassVar[tuple[str, ...]] = ("weights", "url")
@@ -233,28 +236,13 @@ class YOLOv5Task(Task):
         return self._weights_path
 
     def version(self) -> str:
-        return f"{IMPL_VERSION}+weights.sha256:{sha256_file(self.weights_path())}"
+        return f"{IMPL_VERSION}+weights.sha256:{file_sha256(self.weights_path())}"
 
     # -- model ----------------------------------------------------------------------------------
-    def _resolve_device(self) -> torch.device:
-        if self.device in ("auto", "", None):
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            dev = torch.device(self.device)
-        except RuntimeError as exc:
-            raise ValueError(
-                f"{self.family}: invalid device {self.device!r} ({exc}); use auto, cpu, cuda or cuda:N"
-            ) from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(
-                f"{self.family}: device {self.device!r} requested but CUDA is not available; use device: auto"
-            )
-        return dev
-
     def load(self) -> None:
         if self._model is not None:
             return
-        self._device = self._resolve_device()
+        self._device = resolve_device(self.device, self.family)
         model = self._load_checkpoint(self.weights_path(), self._device)
         self._stride = max(int(model.stride.max()), 32)
         self._input_size = math.ceil(self.img_size / self._stride) * self._stride  # val.py's check_img_size
@@ -335,7 +323,7 @@ class YOLOv5Task(Task):
         _, general, _ = _yolov5_modules()
         return list(general.coco80_to_coco91_class())
 
-    def coco_detections(self, predictions: Mapping[str, Any], dataset: Dataset) -> list[dict[str, Any]]:
+    def coco_detections(self, predictions: Mapping[str, Any], dataset: CocoInstances) -> list[dict[str, Any]]:
         """COCO results-format dicts (xywh boxes, rounded like val.py's JSON export)."""
         cats = self.category_ids()
         dets = []
@@ -352,12 +340,12 @@ class YOLOv5Task(Task):
                 )
         return dets
 
-    def evaluate(self, predictions: Mapping[str, Any], dataset: Dataset) -> dict[str, float]:
+    def evaluate(self, predictions: Mapping[str, Any], dataset: CocoInstances) -> dict[str, float]:
         from ..metrics.coco_map import coco_bbox_eval
 
         dets = self.coco_detections(predictions, dataset)
         img_ids = [dataset.image_id(k) for k in predictions]
-        return coco_bbox_eval(dataset.coco_gt(), dets, img_ids)  # type: ignore[attr-defined]
+        return coco_bbox_eval(dataset.coco_gt(), dets, img_ids)
 
 
 def _to_lists(det: torch.Tensor) -> list[list[float]]:

@@ -49,7 +49,8 @@ import numpy as np
 import torch
 
 from ..errors import WeightsError
-from ..weights import sha256_file
+from ..media.hashing import file_sha256
+from ..registry import register
 from . import yolov5 as _v5
 from .yolov5 import YOLOv5Task
 
@@ -186,6 +187,7 @@ def _objectness_only(module: torch.nn.Module, args: Any, output: Any) -> None:
     pred[..., 5:] = 1.0
 
 
+@register("task", "yolov7")
 class YOLOv7Task(YOLOv5Task):
     """Official YOLOv7 checkpoint, test.py settings, COCO box mAP (pycocotools).
 
@@ -198,7 +200,7 @@ class YOLOv7Task(YOLOv5Task):
 
     def version(self) -> str:
         # the evaluation code is YOLOv5Task's: its version enters too
-        return f"{IMPL_VERSION}+yolov5.{_v5.IMPL_VERSION}+weights.sha256:{sha256_file(self.weights_path())}"
+        return f"{IMPL_VERSION}+yolov5.{_v5.IMPL_VERSION}+weights.sha256:{file_sha256(self.weights_path())}"
 
     # -- model ----------------------------------------------------------------------------------
     def _load_checkpoint(self, path: Path, device: torch.device) -> Any:

@@ -82,7 +82,8 @@ def add_masks_parser(sub: Any) -> None:
 
 
 def cmd_masks(args: argparse.Namespace) -> int:
-    from .masks import EdgeParams, MaskError, MaskItem, MaskParams, make_masks
+    from ..adapters import build
+    from ..masks import EdgeParams, MaskError, MaskItem, MaskParams, make_masks
 
     edges = EdgeParams(args.canny_low, args.canny_high, args.canny_aperture, False, args.dilate, args.dilate_iterations)
     params = MaskParams(
@@ -106,7 +107,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
         card = CardSet([Path(d) for d in args.cards]).get("dataset", args.dataset)
         if args.data_root:
             card = card.with_settings(root=args.data_root)
-        dataset = card.build()
+        dataset = build(card)
         dataset.check()
         ids = [t.strip() for t in args.ids.split(",")] if args.ids else None
         selected = dataset.items(limit=args.limit, ids=ids)

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import VcmbenchError
+from ..media.devices import resolve_device
 
 __all__ = ["LOSSES", "TrainConfig", "TrainError", "TrainResult", "train"]
 
@@ -163,7 +164,7 @@ class CropSampler:
         self.files = list(files)
         self.mask_files: list[Path] | None = None
         if masks:
-            from .masks import mask_index
+            from ..masks import mask_index
 
             index = mask_index(masks)
             missing = [f.name for f in self.files if f.name not in index]
@@ -304,15 +305,6 @@ class TrainResult:
     resumed_from: int = 0
 
 
-def _device(name: str) -> torch.device:
-    if name in ("auto", "", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"--device {name}: CUDA is not available")
-    return dev
-
-
 def _optimizers(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
     aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
@@ -394,14 +386,14 @@ def evaluate(model: nn.Module, batch: tuple[Tensor, Tensor | None], cfg: TrainCo
 
 def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainResult:
     """Run (or resume) a training; returns the final codec checkpoint."""
+    from ..media.hashing import file_sha256
     from ..models.lic import save_checkpoint
-    from ..weights import sha256_file
 
     say = log or (lambda msg: print(msg, file=sys.stderr))
     cfg.check()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device, "vcmbench train --device", TrainError)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     files = list_images(cfg.train_dir, cfg.limit)
@@ -516,7 +508,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
         "init": cfg.init, "final_eval": final_eval,
     }  # fmt: skip  (no wall time here: the same settings and data give the same checkpoint bytes)
     ckpt = save_checkpoint(model, out / cfg.final_name, cfg.arch, cfg.arch_kwargs, meta, cfg.save_dtype)
-    sha = sha256_file(ckpt)
+    sha = file_sha256(ckpt)
     say(f"final checkpoint {ckpt} (sha256 {sha}); eval batch: loss {final_eval['loss']:.4f}, "
         f"bpp {final_eval['bpp']:.4f}, PSNR {final_eval['psnr']:.2f} dB")  # fmt: skip
     return TrainResult(out, cfg.steps, ckpt, sha, final_eval, elapsed, start)
@@ -533,7 +525,7 @@ def _model_from_state(cfg: TrainConfig, state: dict[str, Any]) -> nn.Module:
 def _mask_params(folder: str | None) -> dict[str, Any] | None:
     if not folder:
         return None
-    from .masks import read_manifest
+    from ..masks import read_manifest
 
     manifest = read_manifest(folder)
     return {"params": manifest.get("params"), "params_hash": manifest.get("params_hash")}

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..adapters import build
 from ..cards import builtin_cards_root
 from ..models.mask_rcnn import LightMaskRCNNConfig
 from ..models.panoptic_deeplab import PanopticDeepLabConfig
@@ -112,7 +113,7 @@ def _synth(split: str) -> Any:
     """The built-in ``synth`` dataset card's split, generated if needed."""
     from ..cards import CardSet
 
-    ds = CardSet().get("dataset", "synth").with_settings(split=split).build()
+    ds = build(CardSet().get("dataset", "synth").with_settings(split=split))
     ds.check()
     return ds
 
@@ -359,8 +360,8 @@ def evaluate_card(card_name: str, weights: Path, log: Callable[[str], None] = pr
     from ..cards import CardSet
 
     cards = CardSet()
-    task = cards.get("task", card_name).with_settings(weights=str(weights), sha256=None).build()
-    ds = cards.get("dataset", "synth").build()
+    task = build(cards.get("task", card_name).with_settings(weights=str(weights), sha256=None))
+    ds = build(cards.get("dataset", "synth"))
     ds.check()
     items = ds.items()
     preds: dict[str, Any] = {}
@@ -384,7 +385,7 @@ def _update_card_sha(card: Path, sha: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..weights import sha256_file
+    from ..media.hashing import file_sha256
 
     p = argparse.ArgumentParser(prog="python -m vcmbench.train.synth_tasks", description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+", choices=["maskrcnn", "panoptic"])
@@ -415,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ..tasks.panoptic_deeplab import save_vcmbench_panoptic
 
             save_vcmbench_panoptic(dest, model, things, {"recipe": _jsonable(asdict(recipe)), **info, "env": env})
-        sha = sha256_file(dest)
+        sha = file_sha256(dest)
         print(f"{recipe.name}: {dest} ({dest.stat().st_size / 1e6:.2f} MB) sha256 {sha}, trained in {info['seconds'] / 60:.1f} min")
         metrics = evaluate_card(recipe.name, dest)
         card = repo / "tasks" / f"{recipe.name}.yaml"

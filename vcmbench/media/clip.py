@@ -12,12 +12,13 @@ counted) and ``8 * bytes / (frames / fps) / 1000`` (kbps at the clip's frame rat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .codecs.yuv import YUVFormat, bytes_to_planes, frame_bytes, rgb_to_yuv_bytes, yuv420_to_rgb
+from .yuv import YUVFormat, bytes_to_planes, frame_bytes, rgb_to_yuv_bytes, yuv420_to_rgb
 
 
 @dataclass(eq=False)
@@ -62,24 +63,33 @@ class Clip:
         return self.num_frames
 
 
-def is_clip(x: object) -> bool:
-    return isinstance(x, Clip)
-
-
 def kbps(nbytes: int, frames: int, fps: float) -> float:
     """Bit rate of ``nbytes`` coding ``frames`` frames played at ``fps``."""
     return 8.0 * nbytes / (frames / float(fps)) / 1000.0
 
 
-def psnr_clip(a: Clip, b: Clip) -> float:
-    """Mean over frames of the per-frame RGB PSNR (peak 255), as video coding reports average it."""
-    if a.frames.shape != b.frames.shape:
-        raise ValueError(f"clips differ in shape: {a.frames.shape} vs {b.frames.shape}")
-    diff = a.frames.astype(np.float64) - b.frames.astype(np.float64)
+def psnr_frames(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over frames of the per-frame RGB PSNR (peak 255) of two T x H x W x 3 arrays."""
+    if a.shape != b.shape:
+        raise ValueError(f"clips differ in shape: {a.shape} vs {b.shape}")
+    diff = a.astype(np.float64) - b.astype(np.float64)
     mse = np.mean(diff * diff, axis=(1, 2, 3))
     with np.errstate(divide="ignore"):
         per = np.where(mse == 0, np.inf, 10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-300)))
     return float(np.mean(per))
+
+
+def psnr_clip(a: Clip, b: Clip) -> float:
+    """Mean over frames of the per-frame RGB PSNR (peak 255), as video coding reports average it."""
+    return psnr_frames(a.frames, b.frames)
+
+
+def psnr(a: np.ndarray | Clip, b: np.ndarray | Clip) -> float:
+    """RGB PSNR (peak 255) of an image, or of a clip: the mean of its frames' PSNRs."""
+    if isinstance(a, Clip) and isinstance(b, Clip):
+        return psnr_clip(a, b)
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))  # type: ignore[union-attr]
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def read_yuv_clip(

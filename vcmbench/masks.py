@@ -44,8 +44,10 @@ from typing import Any
 
 import numpy as np
 
-from ..cards import stable_hash
-from ..errors import VcmbenchError
+from .errors import VcmbenchError, WeightsError
+from .media.devices import resolve_device
+from .media.hashing import file_sha256, stable_hash
+from .media.image import read_rgb
 
 __all__ = [
     "SAM_CHECKPOINTS",
@@ -211,7 +213,7 @@ class _SamSource:
         import torch
 
         self.params = params
-        self.device = _device(device)
+        self.device = resolve_device(device, "masks", MaskError)
         self.checkpoint_sha256: str | None = None
         from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
         from segment_anything.build_sam import _build_sam
@@ -223,9 +225,7 @@ class _SamSource:
             self.weights = f"random (seed {params.seed}); a test model, not a segmenter"
         else:
             path = resolve_sam_checkpoint(params.sam_model, checkpoint)
-            from ..weights import sha256_file
-
-            self.checkpoint_sha256 = sha256_file(path)
+            self.checkpoint_sha256 = file_sha256(path)
             sam = sam_model_registry[params.sam_model](checkpoint=str(path))
             self.weights = str(path)
         sam.to(self.device).eval()
@@ -296,24 +296,13 @@ class _CocoSource:
         return dilate(mask, self.params.edges), {"segments": len(anns)}
 
     def detail(self) -> dict[str, Any]:
-        from ..weights import sha256_file
-
         return {"annotations": self.annotation_file,
-                "annotations_sha256": sha256_file(self.annotation_file) if self.annotation_file else None}  # fmt: skip
-
-
-def _device(device: str) -> Any:
-    import torch
-
-    if device in ("auto", "", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+                "annotations_sha256": file_sha256(self.annotation_file) if self.annotation_file else None}  # fmt: skip
 
 
 def resolve_sam_checkpoint(model: str, checkpoint: str | None) -> Path:
     """A verified SAM checkpoint: the given path (checked against the official sha256) or a download into the cache."""
-    from ..errors import WeightsError
-    from ..weights import resolve_weights, sha256_file
+    from .weights import resolve_weights
 
     url, sha = SAM_CHECKPOINTS[model]
     if checkpoint:
@@ -321,7 +310,7 @@ def resolve_sam_checkpoint(model: str, checkpoint: str | None) -> Path:
         if not path.is_file():
             raise MaskError(f"SAM checkpoint {path} not found; pass --sam-checkpoint PATH or leave it out to "
                             f"download {url}")  # fmt: skip
-        actual = sha256_file(path)
+        actual = file_sha256(path)
         if actual != sha:
             raise WeightsError(f"SAM checkpoint {path} is not the official {model} file (sha256 {actual}, "
                                f"expected {sha}); pass the right --sam-model or file")  # fmt: skip
@@ -407,8 +396,6 @@ def make_masks(
     log: Callable[[str], None] | None = None,
 ) -> MaskRun:
     """Make (or resume) a mask folder for ``items``; returns what was made, skipped and failed."""
-    from ..datasets.base import file_sha256, read_rgb
-
     params.check()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CodecError
+from ..media.clip import psnr_frames
+from ..media.devices import resolve_device
 from ..models.nerv import (
     ACTIVATIONS,
     Layout,
@@ -90,9 +92,9 @@ __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
     "DecodedClip",
-    "EncodeResult",
     "EpochLog",
     "Header",
+    "NeRVEncoding",
     "QuantizedTensor",
     "TrainSettings",
     "build_quantized_model",
@@ -112,7 +114,6 @@ __all__ = [
     "rans_decode",
     "rans_encode",
     "render",
-    "resolve_device",
     "sanerv_loss",
     "torch_threads",
 ]
@@ -650,20 +651,7 @@ def render(model: nn.Module, num_frames: int, layout: Layout, device: torch.devi
     return out
 
 
-# ---- devices and threads --------------------------------------------------------------------------
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; an unavailable CUDA device is a :class:`NeRVError`."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise NeRVError(f"invalid device {device!r} ({exc}); use auto, cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NeRVError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
+# ---- threads ---------------------------------------------------------------------------------
 _THREADS_LOCK = threading.Lock()
 _THREADS_USERS = 0
 _THREADS_SAVED = 0
@@ -705,7 +693,7 @@ def _deterministic_cuda(device: torch.device) -> Iterator[None]:
 
 # ---- the pipeline ---------------------------------------------------------------------------------
 @dataclass
-class EncodeResult:
+class NeRVEncoding:
     """A coded clip: the bytes, the encoder's own reconstruction (of the quantized network) and the logs."""
 
     data: bytes
@@ -751,7 +739,7 @@ def encode_clip(
     device: str | torch.device = "auto",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
-) -> EncodeResult:
+) -> NeRVEncoding:
     """Train a NeRV on ``frames`` (T x H x W x 3 uint8), prune, fine-tune, quantize and entropy-code it.
 
     ``arch``: :func:`~vcmbench.models.nerv.model_config` arguments (``size``, ``width``,
@@ -771,7 +759,7 @@ def encode_clip(
     t_count, height, width = frames.shape[:3]
     layout = derive_layout(height, width, **limits)
     cfg = model_config(layout, **arch)
-    dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    dev = resolve_device(str(device), "NeRV", NeRVError) if not isinstance(device, torch.device) else device
     t_start = time.perf_counter()
     with _deterministic_cuda(dev):
         with torch.random.fork_rng(devices=[]):
@@ -807,7 +795,7 @@ def encode_clip(
         "payload_bytes": len(payload),
         "header_bytes": len(data) - len(payload),
         "train_psnr": history[-1].psnr if history else None,
-        "psnr": _clip_psnr(frames, recon),
+        "psnr": psnr_frames(frames, recon),
         "train_s": round(t_train - t_start, 3),
         "finetune_s": round(t_tune - t_train, 3),
         "code_s": round(t_end - t_tune, 3),
@@ -816,19 +804,13 @@ def encode_clip(
     if log is not None:
         log(f"nerv: {stats['parameters']} parameters ({pruned} pruned), {len(data)} bytes, "
             f"PSNR {stats['psnr']:.2f} dB after {bits}-bit quantization")  # fmt: skip
-    return EncodeResult(data, recon, header, history, stats)
-
-
-def _clip_psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
-    with np.errstate(divide="ignore"):
-        return float(np.mean(np.where(mse == 0, np.inf, 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12)))))
+    return NeRVEncoding(data, recon, header, history, stats)
 
 
 def decode_clip(data: bytes, device: str | torch.device = "cpu") -> DecodedClip:
     """Rebuild the network from the bitstream alone and render its frames (T x H x W x 3 uint8)."""
     header, tensors = parse_bitstream(data)
-    dev = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+    dev = resolve_device(str(device), "NeRV", NeRVError) if not isinstance(device, torch.device) else device
     with _deterministic_cuda(dev):
         model = build_quantized_model(header.config, tensors, header.bits, dev)
         frames = render(model, header.frames, header.layout, dev)

@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from ..adapters import build
 from ..cards import builtin_cards_root
-from .generate import SynthConfig, ensure_split
-from .scene import THINGS
+from ..synth.generate import SynthConfig, config_from_settings, ensure_split
+from ..synth.scene import THINGS
 
 __all__ = ["RECIPES", "Recipe", "offline_ultralytics_env", "prepare_yolo_dataset", "train_synth"]
 
@@ -182,9 +183,9 @@ def export_checkpoint(src: Path, dest: Path) -> str:
     tmp = dest.with_suffix(".pt.part")
     torch.save(out, tmp)
     os.replace(tmp, dest)
-    from ..weights import sha256_file
+    from ..media.hashing import file_sha256
 
-    return sha256_file(dest)
+    return file_sha256(dest)
 
 
 def update_card_sha(card: Path, sha256: str) -> None:
@@ -234,8 +235,8 @@ def evaluate_weights(card_name: str, weights: Path, sha256: str, log: Callable[[
 
     cards = CardSet()
     task_card = cards.get("task", card_name).with_settings(weights=str(weights), sha256=sha256)
-    task = task_card.build()
-    ds = cards.get("dataset", "synth").build()
+    task = build(task_card)
+    ds = build(cards.get("dataset", "synth"))
     ds.check()
     items = ds.items()
     preds: dict[str, Any] = {}
@@ -342,6 +343,5 @@ def train_synth(
 def synth_config_from_card() -> SynthConfig:
     """The generator parameters of the built-in ``datasets/synth.yaml`` card."""
     from ..cards import CardSet
-    from ..datasets.synth import config_from_settings
 
     return config_from_settings(CardSet().get("dataset", "synth").settings)

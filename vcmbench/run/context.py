@@ -1,0 +1,88 @@
+"""What the stages of one run share: the store, the resolved run, failures, work counters, progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..executors.base import Executor
+from ..plan import WorkUnit
+from ..store import Store
+from .resolve import ResolvedRun
+
+
+@dataclass
+class Failure:
+    stage: str
+    unit: str
+    item: str
+    error: str
+
+
+def _work() -> dict[str, int]:
+    return {"encodes": 0, "decodes": 0, "inferences": 0, "evaluations": 0}
+
+
+@dataclass
+class RunContext:
+    store: Store
+    run_id: str
+    res: ResolvedRun
+    log: Callable[[str], None]
+    progress: bool = True
+    failures: list[Failure] = field(default_factory=list)
+    work: dict[str, int] = field(default_factory=_work)
+
+    def fail(self, stage: str, unit: str, item: str, error: str) -> None:
+        self.failures.append(Failure(stage, unit, item, error))
+
+    def gather(self, u: WorkUnit) -> tuple[list[str], dict[str, Any], dict[str, Any], list[str]]:
+        """A unit's prediction keys, stored rows, finished predictions (item id -> prediction), failed items."""
+        items = self.res.datasets[u.dataset].items
+        keys = u.prediction_keys()
+        preds = self.store.predictions(keys)
+        done: dict[str, Any] = {}
+        failed: list[str] = []
+        for item, key in zip(items, keys, strict=True):
+            row = preds.get(key)
+            if row is not None and row["status"] == "done":
+                done[item.id] = json.loads(row["preds"])
+            else:
+                failed.append(item.id)
+        return keys, preds, done, failed
+
+    def needs_evaluation(self, u: WorkUnit) -> bool:
+        """Not evaluated yet, or evaluated with failed items (retried on every run)."""
+        cached = self.store.evaluation(u.key)
+        return cached is None or bool(cached["n_failed"])
+
+
+# ---- progress bars ---------------------------------------------------------------------------------
+class _NullBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: Any, **kw: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress(iterable: Iterable[Any] | None, enabled: bool, **kw: Any) -> Any:
+    """A tqdm bar on stderr, or the bare iterable (or a no-op bar) when progress is off."""
+    if not enabled:
+        return _NullBar() if iterable is None else iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, dynamic_ncols=True, file=sys.stderr, **kw)
+
+
+def show_status(bar: Any, executor: Executor, failed: int) -> None:
+    """Next to a progress bar (done / total, ETA): items failed and what the executor's workers are doing."""
+    set_postfix = getattr(bar, "set_postfix", None)
+    if set_postfix is not None:
+        set_postfix(failed=failed, **executor.status(), refresh=False)

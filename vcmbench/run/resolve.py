@@ -1,0 +1,168 @@
+"""Resolving a :class:`~vcmbench.run.config.RunConfig` into a :class:`ResolvedRun`: the cards chosen and
+overridden, the adapters built, the items selected and hashed, every task x dataset pair checked.
+
+Everything that can be wrong is found here, before any work. :func:`select_cards` and
+:func:`background_mode` are pure (cards in, cards out), so they are tested without models;
+:func:`resolve` builds the adapters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..adapters import build
+from ..cards import Card, CardError, CardSet
+from ..codecs.base import Codec
+from ..contracts import ClipFrames, unmet
+from ..datasets.base import Dataset, Item
+from ..errors import VcmbenchError
+from ..metrics.coco_map import resolve_backend
+from ..plan import REFERENCE
+from ..tasks.base import Task
+from .config import RunConfig
+
+#: background_scoring modes
+SCORING_MODES = ("auto", "on", "off")
+
+
+class SelectedDataset(NamedTuple):
+    dataset: Dataset
+    items: list[Item]
+    #: content hash of each item (its file's sha256, plus what selects a part of a file)
+    shas: list[str]
+
+
+class CodecLadder(NamedTuple):
+    codec: Codec
+    qualities: list[Any]
+
+
+@dataclass
+class ResolvedRun:
+    codecs: dict[str, CodecLadder]
+    tasks: dict[str, Task]
+    datasets: dict[str, SelectedDataset]
+    #: every chosen card (codecs, tasks, datasets) by name, with the run's overrides applied
+    cards: dict[str, Card]
+    #: background scoring as it applies on this machine: "on", "off" or "auto" (by unit size)
+    scoring: str
+    #: the COCO mAP backend of the run
+    coco_eval: str
+
+
+# ---- pure parts ----------------------------------------------------------------------------------
+def select_cards(cfg: RunConfig, cards: CardSet) -> dict[str, Card]:
+    """The run's cards by name: chosen from ``cards``, with ``--set`` overrides, data roots and classes."""
+    chosen: dict[str, Card] = {}
+    for kind, names in (("codec", cfg.codecs), ("task", cfg.tasks), ("dataset", cfg.datasets)):
+        if not names:
+            raise CardError(f"no {kind} selected")
+        for name in names:
+            if name == REFERENCE and kind == "codec":
+                raise CardError(f"{REFERENCE!r} is added to every run automatically; do not list it")
+            chosen[name] = cards.get(kind, name)
+    for name, settings in cfg.overrides.items():
+        if name not in chosen:
+            raise CardError(f"--set {name}.…: no selected card named {name!r}; selected: {', '.join(sorted(chosen))}")
+        chosen[name] = chosen[name].with_settings(**settings)
+    for name in cfg.datasets:
+        chosen[name] = _dataset_card(cfg, chosen[name])
+    unknown_q = set(cfg.qualities) - {"*"} - set(cfg.codecs)
+    if unknown_q:
+        raise CardError(f"--quality given for codec(s) not in the run: {sorted(unknown_q)}")
+    unknown_roots = set(cfg.data_roots) - {"*"} - set(cfg.datasets)
+    if unknown_roots:
+        raise CardError(f"--data-root given for dataset(s) not in the run: {sorted(unknown_roots)}")
+    return chosen
+
+
+def _dataset_card(cfg: RunConfig, card: Card) -> Card:
+    root = cfg.data_roots.get(card.name, cfg.data_roots.get("*"))
+    if root:
+        card = card.with_settings(root=str(root))
+    if cfg.classes:
+        if "classes" not in card.settings:
+            raise CardError(f"--classes: dataset {card.name} has no sequence classes (sfu_hw has: A..E)")
+        card = card.with_settings(classes=list(cfg.classes))
+    return card
+
+
+def background_mode(mode: str, executor: str, address: str | None, cuda: Callable[[], bool]) -> str:
+    """The background-scoring mode on this machine; "auto" stays "auto" only where the model leaves the
+    driver's CPU free (a GPU here, or models on a remote Ray cluster), else it is "off"."""
+    if mode not in SCORING_MODES:
+        raise VcmbenchError(f"background_scoring must be auto, on or off, not {mode!r}")
+    if mode == "auto":
+        remote = executor == "ray" and bool(address)
+        return "auto" if remote or cuda() else "off"
+    return mode
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def coco_eval_backend(cfg: RunConfig) -> str:
+    """The COCO mAP backend (from the config, else ``$VCMBENCH_COCO_EVAL``), checked."""
+    try:
+        return resolve_backend(cfg.coco_eval)
+    except ValueError as e:
+        raise VcmbenchError(str(e)) from None
+
+
+def check_pairs(codecs: Mapping[str, CodecLadder], tasks: Mapping[str, Task],
+                datasets: Mapping[str, SelectedDataset]) -> None:  # fmt: skip
+    """Every codec codes, and every task can score, every dataset's items: media (images or clips) and
+    the contracts a task requires of a dataset (:mod:`vcmbench.contracts`)."""
+    for ds_name, (ds, _, _) in datasets.items():
+        what = "clips" if ds.media == "video" else "images"
+        for name, (codec, _) in codecs.items():
+            if ds.media not in codec.media:
+                raise CardError(f"codec {name} codes {' and '.join(codec.media)}s; dataset {ds_name} holds {what}: "
+                                f"leave one of them out (video codecs: nerv, sanerv, vvenc, x265, vtm)")  # fmt: skip
+        for name, task in tasks.items():
+            if ds.media not in task.media:
+                raise CardError(f"task {name} scores images only; dataset {ds_name} holds {what}: frames of clips "
+                                "are scored by the detection tasks (yolov5, yolov7, synth_det, mask_rcnn)")  # fmt: skip
+            needs = (*task.requires, *((ClipFrames,) if ds.media == "video" else ()))
+            lacking = unmet(ds, needs)
+            if lacking:
+                raise CardError(f"task {name} cannot score dataset {ds_name}: the task needs "
+                                + "; ".join(lacking) + f" (dataset adapter {type(ds).__qualname__})")
+
+
+# ---- building ------------------------------------------------------------------------------------
+def resolve(cfg: RunConfig, file_sha256: Callable[[Path], str]) -> ResolvedRun:
+    """Cards, adapters and items of the run; ``file_sha256`` hashes item files (the store's cached hash)."""
+    coco_eval = coco_eval_backend(cfg)  # checks $VCMBENCH_COCO_EVAL too, before any work
+    chosen = select_cards(cfg, CardSet([Path(d) for d in cfg.cards_dirs]))
+    datasets = {name: _select_items(cfg, build(chosen[name]), file_sha256) for name in cfg.datasets}
+    codecs = {}
+    for name in cfg.codecs:
+        codec: Codec = build(chosen[name])
+        ladder = cfg.qualities.get(name, cfg.qualities.get("*", list(chosen[name].qualities)))
+        codecs[name] = CodecLadder(codec, [codec.validate_quality(q) for q in ladder])
+        codec.identity()  # probes binaries now: a missing encoder is an error before any work
+    tasks = {}
+    for name in cfg.tasks:
+        task: Task = build(chosen[name])
+        if cfg.batch_size:
+            task.batch_size = cfg.batch_size
+        task.identity()  # resolves weights now: a missing file is an error before any work
+        tasks[name] = task
+    check_pairs(codecs, tasks, datasets)
+    scoring = background_mode(cfg.background_scoring, cfg.executor, cfg.address, cuda_available)
+    return ResolvedRun(codecs, tasks, datasets, chosen, scoring, coco_eval)
+
+
+def _select_items(cfg: RunConfig, ds: Dataset, file_sha256: Callable[[Path], str]) -> SelectedDataset:
+    ds.check()
+    items = ds.items(limit=cfg.limit, ids=cfg.ids, exclude=cfg.exclude)
+    if not items:
+        raise VcmbenchError(f"dataset {ds.name}: the selection is empty")
+    return SelectedDataset(ds, items, [ds.content_hash(it, file_sha256(it.path)) for it in items])

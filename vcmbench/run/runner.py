@@ -1,0 +1,162 @@
+"""Run a grid: resolve, plan work units, encode, infer, evaluate, store, write the run's files.
+
+Stages, each resumable on its own (see :mod:`.encode`, :mod:`.infer`, :mod:`.evaluate`):
+
+1. **encode** every (codec, quality, item) not yet in the store, many at once;
+2. **infer**: per task, the model is loaded once; items are decoded in the worker pool (working ahead)
+   and predicted in batches, each batch committed as one transaction;
+3. **evaluate** every unit from the stored predictions; a unit whose predictions are all stored while
+   the model still has work may be scored meanwhile in a background process (:mod:`vcmbench.scoring`).
+
+A failed item (corrupt image, crashed encoder) is recorded with its error and retried on the next run;
+every other result is kept. The driver is the only writer to the store.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import VcmbenchError
+from ..executors.base import Executor
+from ..executors.local import LocalExecutor
+from ..media.hashing import stable_hash
+from ..metrics.coco_map import BACKEND_ENV as COCO_EVAL_ENV
+from ..plan import DatasetSelection, WorkUnit, expand_grid
+from ..provenance import provenance
+from ..scoring import BackgroundScorer
+from ..store import Store
+from .background import BackgroundScoring
+from .config import RunConfig
+from .context import Failure, RunContext
+from .encode import encode_stage
+from .evaluate import evaluate_stage
+from .infer import infer_stage
+from .outputs import config_record, write_outputs
+from .resolve import ResolvedRun, resolve
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    out: Path
+    rows: list[dict[str, Any]]
+    failures: list[Failure]
+    work: dict[str, int]
+    status: str
+    #: wall seconds of each stage ("encode", "infer", "evaluate") of this run
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and self.status == "done"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / "runs" / self.run_id
+
+
+def plan_units(cfg: RunConfig, res: ResolvedRun) -> list[WorkUnit]:
+    selections = [DatasetSelection(name, ds.identity(), tuple(it.id for it in items), tuple(shas))
+                  for name, (ds, items, shas) in res.datasets.items()]  # fmt: skip
+    return expand_grid(
+        selections,
+        [(name, t.identity()) for name, t in res.tasks.items()],
+        [(name, c.identity(), qs) for name, (c, qs) in res.codecs.items()],
+        reference=cfg.reference,
+    )
+
+
+def make_executor(cfg: RunConfig, log: Callable[[str], None]) -> Executor:
+    """The configured executor; joining a Ray cluster happens here (an unreachable one fails before work)."""
+    if cfg.executor == "ray":
+        from ..executors.ray import RayExecutor  # imports ray only when it is chosen
+
+        return RayExecutor(cfg.address, workers=cfg.workers, log=log, **cfg.ray_options)
+    if cfg.executor != "local":
+        raise VcmbenchError(f"unknown executor {cfg.executor!r}: choose local or ray")
+    if cfg.address or cfg.ray_options:
+        raise VcmbenchError("--address and --ray-* options need --executor ray")
+    return LocalExecutor(cfg.workers)
+
+
+class Runner:
+    """One run of a :class:`RunConfig` against one output root."""
+
+    def __init__(self, config: RunConfig, log: Callable[[str], None] | None = None) -> None:
+        self.config = config
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.store = Store(config.out)
+        self.scorer = BackgroundScorer(self.log)
+        self.run_id: str | None = None
+
+    def make_executor(self) -> Executor:
+        return make_executor(self.config, self.log)
+
+    def run(self) -> RunReport:
+        cfg = self.config
+        res = resolve(cfg, self.store.file_sha256)
+        if cfg.coco_eval is not None:  # the processes this run starts (scorer, Ray workers) use the same backend
+            os.environ[COCO_EVAL_ENV] = res.coco_eval
+        executor = self.make_executor()
+        units = plan_units(cfg, res)
+        self.run_id = run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + stable_hash(
+            [u.key for u in units] + [time.time()], n=6
+        )
+        config = config_record(cfg, res, units)
+        self.store.start_run(run_id, " ".join(sys.argv), config, provenance())
+        self.store.link_units(run_id, [u.key for u in units])
+        points = sum(len(q) for _, q in res.codecs.values()) + int(cfg.reference)
+        self.log(f"run {run_id}: {len(units)} work units ({len(res.datasets)} dataset x {len(res.tasks)} task x "
+                 f"{points} points) -> {self.store.root}")  # fmt: skip
+        ctx = RunContext(self.store, run_id, res, self.log, cfg.progress)
+        status, rows, seconds = self._stages(ctx, units, executor)
+        if status == "done" and ctx.failures:
+            status = "failed"
+        self.store.finish_run(run_id, status)
+        report = RunReport(run_id, self.store.root, rows, ctx.failures, dict(ctx.work), status, seconds)
+        if status != "interrupted":
+            write_outputs(self.store, report.run_dir, run_id, status, rows, report.work, report.failures, config)
+        return report
+
+    def _stages(self, ctx: RunContext, units: list[WorkUnit],
+                executor: Executor) -> tuple[str, list[dict[str, Any]], dict[str, float]]:  # fmt: skip
+        """Run the three stages: (status "done" or "interrupted", tidy rows, seconds per stage)."""
+        background = BackgroundScoring(self.scorer, lambda u: self._submit_scoring(ctx, u))
+        seconds: dict[str, float] = {}
+        status, rows = "done", []
+        with executor:
+            try:
+                t = time.perf_counter()
+                encode_stage(ctx, units, executor)
+                seconds["encode"] = time.perf_counter() - t
+                infer_stage(ctx, units, executor, background)
+                seconds["infer"] = time.perf_counter() - t - seconds["encode"]
+                rows = evaluate_stage(ctx, units, self.scorer)
+                seconds["evaluate"] = time.perf_counter() - t - seconds["encode"] - seconds["infer"]
+            except KeyboardInterrupt:
+                status = "interrupted"
+                self.log("interrupted: every finished result is stored; run the same command again to resume")
+            finally:
+                self.scorer.close(cancel=status == "interrupted")
+        return status, rows, seconds
+
+    def _submit_scoring(self, ctx: RunContext, u: WorkUnit) -> None:
+        _, _, done, _ = ctx.gather(u)
+        if done:
+            items = ctx.res.datasets[u.dataset].items
+            self.scorer.submit(u.key, ctx.res.cards[u.task], ctx.res.cards[u.dataset], items, done)
+
+
+def run(config: RunConfig, log: Callable[[str], None] | None = None) -> RunReport:
+    runner = Runner(config, log)
+    try:
+        return runner.run()
+    finally:
+        runner.store.close()
