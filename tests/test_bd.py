@@ -9,8 +9,18 @@ import warnings
 import bjontegaard
 import numpy as np
 import pytest
+from scipy.optimize import minimize
 
-from vcmbench.metrics.bd import METHODS, BDResult, bd_metric, bd_rate, compare_curves, min_points
+from vcmbench.metrics.bd import (
+    METHODS,
+    BDResult,
+    bd_metric,
+    bd_rate,
+    compare_curves,
+    fit_bounds,
+    min_points,
+    monotone_fit,
+)
 
 # Example from the README of the bjontegaard package (libx265 presets, rate in kbps, PSNR in dB).
 RATE_ANCHOR = [9487.76, 4593.6, 2486.44, 1358.24]
@@ -156,7 +166,13 @@ def test_random_curves_match_package(method: str, kind: str) -> None:
         ref_metric = ref_bd_metric(ra, ma, rt[::-1], mt[::-1], method)
         sra, sma = shuffled(rng, ra, ma)
         srt, smt = shuffled(rng, rt, mt)
-        result = compare_curves(sra, sma, srt, smt, method=method)
+        # allow_short: the guards (4 points, 50 % overlap) are tested on their own below; here every value
+        # the package computes must match.
+        result = compare_curves(sra, sma, srt, smt, method=method, allow_short=True)
+        guarded = compare_curves(sra, sma, srt, smt, method=method)
+        for value, note, allowed in ((guarded.bd_rate, guarded.rate_note, result.bd_rate),
+                                     (guarded.bd_metric, guarded.metric_note, result.bd_metric)):  # fmt: skip
+            assert (math.isnan(value) and note) or value == allowed
 
         if math.isnan(ref_rate):  # the package found no overlap on the metric axis
             assert math.isnan(result.bd_rate)
@@ -219,10 +235,13 @@ def test_cubic_overshoot_to_infinity_matches_package_and_warns() -> None:
     mt = [0.3444258, 0.44199559, 0.44239249, 0.44254555]
     assert ref_bd_rate(ra, ma, rt, mt, "cubic") == math.inf
     assert bd_rate(ra, ma, rt, mt, method="cubic") == math.inf
-    result = compare_curves(ra, ma, rt, mt, method="cubic")
+    # The metric ranges share 34 % (< 50 %): only allow_short reports it (issue 14: marked as allowed).
+    assert math.isnan(compare_curves(ra, ma, rt, mt, method="cubic").bd_rate)
+    result = compare_curves(ra, ma, rt, mt, method="cubic", allow_short=True)
     assert result.bd_rate == math.inf
+    assert result.rate_note == "allowed: metric overlap 34% < 50%"
     assert any("overflowed" in w and "cubic" in w for w in result.warnings)
-    assert math.isfinite(compare_curves(ra, ma, rt, mt, method="pchip").bd_rate)
+    assert math.isfinite(compare_curves(ra, ma, rt, mt, method="pchip", allow_short=True).bd_rate)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,10 +358,16 @@ def test_non_monotonic_anchor_is_named() -> None:
     assert "from 0.35 at rate 2 to 0.34 at rate 3" in notes[0]
 
 
-def test_decreasing_curve_suggests_negating_the_metric() -> None:
-    result = compare_curves([1, 2, 4, 8], [0.4, 0.3, 0.2, 0.1], [1, 2, 4, 8], [0.35, 0.25, 0.15, 0.05])
-    assert any("negate" in w and "anchor" in w for w in result.warnings)
-    assert any("negate" in w and "test" in w for w in result.warnings)
+def test_metric_falling_with_rate_suggests_declaring_it_lower_is_better() -> None:
+    # Issue 14: the old advice ("negate it first") was wrong: negating a metric does not change BD-rate.
+    ra, ma, rt, mt = [1, 2, 4, 8], [0.4, 0.3, 0.2, 0.1], [1, 2, 4, 8], [0.35, 0.25, 0.15, 0.05]
+    result = compare_curves(ra, ma, rt, mt)
+    (note,) = result.warnings
+    assert "falls as the rate rises" in note and "lower_is_better" in note
+    declared = compare_curves(ra, ma, rt, mt, lower_is_better=True)
+    assert declared.warnings == ()
+    # The test has the lower values at every rate: for a lower-is-better distortion it is better.
+    assert declared.bd_metric == pytest.approx(0.05) and declared.bd_rate < 0
 
 
 def test_equal_metric_values_make_bd_rate_undefined_but_not_bd_metric() -> None:
@@ -357,16 +382,23 @@ def test_equal_metric_values_make_bd_rate_undefined_but_not_bd_metric() -> None:
         bd_rate(ra, ma, rt, mt)
 
 
-def test_barely_overlapping_curves_warn() -> None:
+def test_barely_overlapping_curves_leave_bd_rate_empty() -> None:
     ra, ma = [100, 200, 400, 800], [30.0, 32.0, 34.0, 36.0]
     rt, mt = [90, 180, 360, 720], [35.5, 37.0, 38.5, 40.0]  # metric ranges share 0.5 dB of 10 dB
     result = compare_curves(ra, ma, rt, mt, min_overlap=0.2)
     assert result.metric_overlap == pytest.approx(0.05)
-    assert math.isfinite(result.bd_rate)  # still computed
+    # Issue 14: no longer a number with a warning nobody reads, but empty with the reason.
+    assert math.isnan(result.bd_rate) and result.rate_note == "metric overlap 5% < 20%"
+    assert math.isfinite(result.bd_metric) and result.metric_note == ""  # the rate ranges overlap by 90 %
     (note,) = [w for w in result.warnings if "barely overlap" in w]
-    assert "metric axis" in note and "5%" in note
+    assert "metric axis" in note and "5%" in note and "left empty" in note
+    # allow_short computes it and marks it.
+    allowed = compare_curves(ra, ma, rt, mt, min_overlap=0.2, allow_short=True)
+    assert allowed.bd_rate == pytest.approx(bd_rate(ra, ma, rt, mt), abs=1e-12)
+    assert allowed.rate_note == "allowed: metric overlap 5% < 20%"
     # Lowering the threshold silences it.
-    assert not any("barely" in w for w in compare_curves(ra, ma, rt, mt, min_overlap=0.01).warnings)
+    low = compare_curves(ra, ma, rt, mt, min_overlap=0.01)
+    assert not any("barely" in w for w in low.warnings) and math.isfinite(low.bd_rate) and low.rate_note == ""
 
 
 def test_barely_overlapping_on_rate_axis_warns() -> None:
@@ -375,6 +407,113 @@ def test_barely_overlapping_on_rate_axis_warns() -> None:
     result = compare_curves(ra, ma, rt, mt)
     assert 0 < result.rate_overlap < 0.2
     assert any("barely overlap on the rate axis" in w for w in result.warnings)
+
+
+# --------------------------------------------------------------------------------------------------
+# (7b) issue 14: BD only where the method defines it (4 points, real overlap), the monotone fit, direction
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_fewer_than_four_points_leave_bd_empty_unless_allowed(n: int) -> None:
+    rate, metric = RATE_TEST[:n], PSNR_TEST[:n]
+    result = compare_curves(RATE_ANCHOR, PSNR_ANCHOR, rate, metric)
+    assert math.isnan(result.bd_rate) and math.isnan(result.bd_metric)
+    assert result.rate_note.startswith(f"test: {n} points < 4")
+    assert result.metric_note.startswith(f"test: {n} points < 4")
+    assert any(f"has {n} points; a BD value needs at least 4" in w for w in result.warnings)
+    allowed = compare_curves(RATE_ANCHOR, PSNR_ANCHOR, rate, metric, allow_short=True)
+    assert allowed.bd_rate == pytest.approx(bd_rate(RATE_ANCHOR, PSNR_ANCHOR, rate, metric), abs=1e-12)
+    assert allowed.rate_note.startswith(f"allowed: test: {n} points < 4")
+    # min_points is an option too
+    assert compare_curves(RATE_ANCHOR, PSNR_ANCHOR, rate, metric, min_points=n, min_overlap=0).rate_note == ""
+
+
+def ctc_fit_cubic(log_rate: np.ndarray, accuracy_percent: np.ndarray) -> np.ndarray:
+    """The MPEG VCM CTC's fit as CompressAI-Vision's scripts/metrics/cubic_polynomial.py poses it (raw
+    coefficients, SLSQP from (1, 1, 1, 1), bounds 0 and 100 on accuracy in percent), written anew here."""
+    x, y = log_rate, accuracy_percent
+
+    def f(b: np.ndarray, t: np.ndarray) -> np.ndarray:
+        return b[0] * t**3 + b[1] * t**2 + b[2] * t + b[3]
+
+    cons = (
+        {"type": "ineq", "fun": lambda b: 3 * b[0] * x**2 + 2 * b[1] * x + b[2]},
+        {"type": "ineq", "fun": lambda b: -6 * b[0] * x - 2 * b[1]},
+        {"type": "ineq", "fun": lambda b: f(b, x[0])},
+        {"type": "ineq", "fun": lambda b: 100 - f(b, x[-1])},
+    )
+    res = minimize(lambda b: np.sum((f(b, x) - y) ** 2), np.ones(4), method="SLSQP", constraints=cons)
+    assert res.success
+    return f(res.x, x)
+
+
+@pytest.mark.parametrize(
+    ("rate", "metric"),
+    [
+        ([0.05, 0.1, 0.2, 0.4, 0.8, 1.6], [0.10, 0.20, 0.30, 0.40, 0.45, 0.44]),  # mAP dips at the top
+        ([0.2185, 0.4078, 0.5314, 0.8279, 1.3372], [0.08, 0.13, 0.23, 0.30, 0.31]),
+        ([100, 200, 400, 800, 1600, 3200], [20.1, 25.3, 24.9, 33.0, 36.2, 37.0]),
+    ],
+)
+def test_monotone_fit_solves_the_ctc_problem(rate: list[float], metric: list[float]) -> None:
+    m = np.array(metric)
+    percent = 100.0 if m.max() <= 1 else 1.0  # the script works on accuracy in percent
+    ours = monotone_fit(rate, m, fit_bounds(m)) * percent
+    ref = ctc_fit_cubic(np.log10(rate), m * percent)
+    assert ours == pytest.approx(ref, abs=1e-3)  # the script's SLSQP stops at its default tolerance
+    assert np.sum((ours - m * percent) ** 2) <= np.sum((ref - m * percent) ** 2) + 1e-9
+    assert np.all(np.diff(ours) > 0)  # rising (and concave: every step no larger per decade than the last)
+    slopes = np.diff(ours) / np.diff(np.log10(rate))
+    assert np.all(np.diff(slopes) <= 1e-9)
+
+
+def test_monotone_fit_needs_four_rates_and_keeps_order() -> None:
+    with pytest.raises(ValueError, match="at least 4 points"):
+        monotone_fit([1, 2, 4], [0.1, 0.2, 0.3])
+    rate, metric = [0.8, 0.1, 0.4, 0.2], [0.4, 0.1, 0.35, 0.2]
+    fitted = monotone_fit(rate, metric, (0, 1))
+    assert list(np.argsort(fitted)) == list(np.argsort(rate))
+    assert fit_bounds([0.2, 0.9]) == (0.0, 1.0) and fit_bounds([31.0, 38.0]) == (0.0, 100.0)
+    assert fit_bounds([-1.0, 300.0]) == (-math.inf, math.inf)
+
+
+def test_compare_curves_with_monotone_fit_uses_the_fitted_points() -> None:
+    ra, ma = [0.05, 0.1, 0.2, 0.4, 0.8, 1.6], [0.10, 0.20, 0.30, 0.40, 0.45, 0.44]
+    rt, mt = [0.04, 0.08, 0.16, 0.3, 0.6, 1.2], [0.12, 0.22, 0.31, 0.40, 0.43, 0.45]
+    measured = compare_curves(ra, ma, rt, mt)
+    assert any("not monotonic" in w for w in measured.warnings) and measured.fit == "measured"
+    fitted = compare_curves(ra, ma, rt, mt, fit="monotone")
+    assert fitted.fit == "monotone" and fitted.rate_note == ""
+    fa, ft = monotone_fit(ra, ma, (0, 1)), monotone_fit(rt, mt, (0, 1))
+    assert fitted.bd_rate == pytest.approx(bd_rate(ra, fa, rt, ft), abs=1e-12)
+    assert fitted.bd_metric == pytest.approx(bd_metric(ra, fa, rt, ft), abs=1e-12)
+    assert fitted.bd_rate != pytest.approx(measured.bd_rate, abs=1e-3)
+    short = compare_curves(ra, ma, rt[:3], mt[:3], fit="monotone", allow_short=True)
+    assert math.isnan(short.bd_rate) and short.rate_note == "monotone fit failed"
+    with pytest.raises(ValueError, match="unknown BD curve fit"):
+        compare_curves(ra, ma, rt, mt, fit="isotonic")  # type: ignore[arg-type]
+
+
+# Face recall (lower = more private) rises with the rate; the test codec keeps the anchor's recall only at
+# 1.5 times the anchor's rate, i.e. it finds fewer faces at every rate: a privacy gain.
+RECALL = [0.14, 0.27, 0.37, 0.57, 0.67]
+RECALL_RATE = [0.24, 0.35, 0.53, 0.83, 1.34]
+
+
+def test_lower_is_better_metric_gives_a_better_codec_a_negative_bd_rate() -> None:
+    more = [1.5 * r for r in RECALL_RATE]
+    result = compare_curves(RECALL_RATE, RECALL, more, RECALL, lower_is_better=True)
+    assert result.lower_is_better and result.warnings == ()
+    assert result.bd_rate == pytest.approx(100 * (1 / 1.5 - 1), abs=1e-9)  # anchor's rate relative to test's
+    assert result.bd_metric > 0  # a privacy gain is positive: anchor recall - test recall at equal rate
+    raw = bd_metric(RECALL_RATE, RECALL, more, RECALL)
+    assert raw < 0 and result.bd_metric == pytest.approx(-raw, abs=1e-12)
+    # The same curves read as higher-is-better: the test is worse, and says so.
+    plain = compare_curves(RECALL_RATE, RECALL, more, RECALL)
+    assert plain.bd_rate == pytest.approx(50.0, abs=1e-9) and plain.bd_metric == pytest.approx(raw)
+    # Swapping the codecs swaps the verdict.
+    swapped = compare_curves(more, RECALL, RECALL_RATE, RECALL, lower_is_better=True)
+    assert swapped.bd_rate == pytest.approx(50.0, abs=1e-9) and swapped.bd_metric < 0
 
 
 # --------------------------------------------------------------------------------------------------

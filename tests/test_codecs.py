@@ -12,9 +12,18 @@ import pytest
 from vcmbench.adapters import build
 from vcmbench.cards import CardSet
 from vcmbench.codecs.base import Bitstream, Uncompressed, run_process
-from vcmbench.codecs.ffmpeg import VVenCCodec, X265Codec, default_ffmpeg
+from vcmbench.codecs.ffmpeg import (
+    CTC_INTRA_QP_OFFSET,
+    VVenCCodec,
+    X265Codec,
+    default_ffmpeg,
+    slice_qp_summary,
+    slice_qps,
+    slice_qps_from_trace,
+)
 from vcmbench.codecs.jpeg import JpegCodec
 from vcmbench.errors import CodecError, QualityError
+from vcmbench.media.clip import Clip
 
 
 def _image(h: int = 97, w: int = 131, seed: int = 1) -> np.ndarray:
@@ -152,3 +161,88 @@ def test_env_var_selects_ffmpeg(monkeypatch: pytest.MonkeyPatch) -> None:
     assert default_ffmpeg() == "/opt/my/ffmpeg"
     monkeypatch.delenv("VCMBENCH_FFMPEG")
     assert os.path.isfile(default_ffmpeg())
+
+
+# ---- what a QP means: the slice QP read back from the bitstream ------------------------------------------
+LADDER = (22, 27, 32, 37, 42, 47)
+
+
+def _qp_codec(name: str, **settings: object):
+    return _card_codec(name, **({"preset": "faster"} if name == "vvenc" else {}), **settings)
+
+
+def _clip(frames: int = 3, h: int = 48, w: int = 64) -> Clip:
+    img = _image(h, w)
+    return Clip(np.stack([np.roll(img, 3 * i, axis=1) for i in range(frames)]), 25.0)
+
+
+@pytest.mark.parametrize("name", ["vvenc", "x265"])
+def test_slice_qp_of_images_and_all_intra_clips_is_the_qp_label(name: str) -> None:
+    """Parsed from the headers (ffmpeg's trace_headers): 26 + init_qp_minus26 + the slice's delta. With the
+    version-1 cards both encoders coded a QP-32 image at 29: VVenC's IntraQPOffset -3 and x265's ipratio 1.4
+    (x265's --qp is the P-slice QP)."""
+    codec = _qp_codec(name)
+    img = _image()
+    parsed = {q: slice_qps(codec.encode(img, q).data, codec.bitstream_format) for q in LADDER}
+    assert parsed == {q: [("I", q)] for q in LADDER}
+    ai = _qp_codec(name, video_config="ai")
+    bs = ai.encode(_clip(3), 37)
+    assert slice_qps(bs.data, ai.bitstream_format) == [("I", 37)] * 3
+    assert bs.meta["slice_qp"] == {"I": [37]}
+
+
+@pytest.mark.parametrize("name", ["vvenc", "x265"])
+@pytest.mark.parametrize("config", ["ra", "ld"])
+def test_clip_qp_is_the_ctc_base_qp_and_the_slice_qps_are_recorded(name: str, config: str) -> None:
+    """Random access and low delay: the intra picture at QP - 3 and QP - 1, the IntraQPOffset of VTM's RA and
+    LD configurations (VVenC: IntraQPOffset, x265: ipratio 1.4 and 1.12), inter pictures at QP or above;
+    what was used is in the bitstream's meta."""
+    codec = _qp_codec(name, video_config=config)
+    bs = codec.encode(_clip(9), 32)
+    qps = slice_qps(bs.data, codec.bitstream_format)
+    intra = 32 + CTC_INTRA_QP_OFFSET[config]
+    assert intra == {"ra": 29, "ld": 31}[config]
+    assert len(qps) == 9 and qps[0] == ("I", intra)
+    assert all(qp >= 32 for kind, qp in qps if kind != "I"), qps
+    assert bs.meta["slice_qp"] == slice_qp_summary(qps) and bs.meta["slice_qp"]["I"] == [intra]
+
+
+_T = "[trace_headers @ 0x55d0] "
+
+
+def test_slice_qp_parser_follows_the_pps_and_the_picture_header() -> None:
+    """VVC carries the QP delta in the picture header when pps_qp_delta_info_in_ph_flag is set, else in each
+    slice header; HEVC in the slice segment header. Every slice uses the init QP of its own PPS."""
+    vvc = "\n".join([
+        _T + "Picture Parameter Set",
+        _T + "16          pps_pic_parameter_set_id                                  000001 = 1",
+        _T + "71          pps_init_qp_minus26                                          011 = -1",
+        _T + "90          pps_qp_delta_info_in_ph_flag                                   1 = 1",
+        _T + "Picture Parameter Set",
+        _T + "16          pps_pic_parameter_set_id                                  000010 = 2",
+        _T + "71          pps_init_qp_minus26                                        00100 = 2",
+        _T + "Picture Header",
+        _T + "20          ph_pic_parameter_set_id                                      010 = 1",
+        _T + "48          ph_qp_delta                                                00111 = -3",
+        _T + "Slice Header",
+        _T + "30          sh_slice_type                                                  1 = 0",
+        _T + "40          sh_qp_delta                                                  011 = -1",
+        _T + "Slice Header",
+        _T + "30          sh_slice_type                                                010 = 1",
+        _T + "Slice Header",  # picture header in the slice header, PPS 2: the delta is the slice's
+        _T + "10          ph_pic_parameter_set_id                                      011 = 2",
+        _T + "48          sh_qp_delta                                                00100 = 2",
+        "[vvc @ 0x1] unrelated line 12 = 3",
+    ])
+    assert slice_qps_from_trace(vvc) == [("B", 22), ("P", 22), ("I", 30)]
+    hevc = "\n".join([
+        _T + "Picture Parameter Set",
+        _T + "16          pps_pic_parameter_set_id                                       1 = 0",
+        _T + "27          init_qp_minus26                                            00111 = -3",
+        _T + "Slice Segment Header",
+        _T + "19          slice_type                                                   011 = 2",
+        _T + "24          slice_qp_delta                                             00110 = 3",
+        _T + "Slice Segment Header",  # a dependent slice segment carries no QP of its own
+        _T + "16          first_slice_segment_in_pic_flag                                0 = 0",
+    ])
+    assert slice_qps_from_trace(hevc) == [("I", 26)]

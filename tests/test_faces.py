@@ -93,6 +93,8 @@ def test_faces_in_a_run_and_in_the_report(face_dataset: CocoDataset, tmp_path: P
     assert rows[("uncompressed", None, "face_recall")]["value"] == 1.0
     assert rows[("uncompressed", None, "face_recall")]["headline"]
     assert rows[("jpeg", "50", "face_recall")]["value"] == 1.0
+    assert rows[("jpeg", "50", "face_recall")]["lower_is_better"]  # the privacy metric: lower = more private
+    assert not rows[("jpeg", "50", "faces_ref")]["lower_is_better"]
     assert rows[("jpeg", "2", "faces_ref")]["value"] == 1.0
     assert main(["report", str(tmp_path / "out"), "--anchor", "jpeg"]) == 0
     assert "face_recall" in capsys.readouterr().out

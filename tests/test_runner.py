@@ -351,3 +351,45 @@ def test_cancelled_background_scorer_stops_its_process_at_once(tmp_path: Path) -
     scorer.close(cancel=True)  # Ctrl-C: the run keeps what it stored and does not wait for the scorer
     assert proc.poll() == -signal.SIGKILL
     assert scorer.take("unit") is None  # nothing pending any more: the driver would score it itself
+
+
+def test_every_codec_is_scored_on_the_items_all_codecs_finished(tmp_path: Path) -> None:
+    """One codec fails on one picture: by default every unit of the table (reference and all codecs) is scored on
+    the other items, equal to a run without that item; --no-common-items scores each unit on all of its own."""
+    import hashlib
+
+    import numpy as np
+
+    ds = build(CardSet().get("dataset", "synth"))
+    items = ds.items(limit=6)
+    victim = items[2]
+    pixels = hashlib.sha256(np.ascontiguousarray(ds.load_image(victim)).tobytes()).hexdigest()
+    (tmp_path / "cards" / "codecs").mkdir(parents=True)
+    (tmp_path / "cards" / "codecs" / "jpeg-flaky.yaml").write_text(yaml.safe_dump({
+        "adapter": "tests.codec_fakes:FailsOnOnePicture", "version": 1, "qualities": [20],
+        "settings": {"fail_pixels_sha256": pixels}}))  # fmt: skip
+    grid = dict(codecs=["jpeg", "jpeg-flaky"], tasks=["synth_det"], datasets=["synth"], limit=6, progress=False,
+                qualities={"jpeg": [10, 40]}, cards_dirs=[str(tmp_path / "cards")])  # fmt: skip
+    logs: list[str] = []
+    common = run(RunConfig(out=str(tmp_path / "common"), **grid), log=logs.append)
+    assert not common.ok and [f.item for f in common.failures] == [victim.id]
+    table = _table(common).set_index(["codec", "quality", "metric"])
+    assert (table.n_items == 5).all()
+    assert table.loc[("jpeg-flaky", "20", "map50"), "n_failed"] == 1
+    assert (table.drop("jpeg-flaky", level="codec").n_failed == 0).all()
+    assert any(f"5 items every codec of its table finished; 1 it finished are left out ({victim.id})" in m for m in logs)
+    # the same numbers as a run that never had the item
+    others = [it.id for it in items if it.id != victim.id]
+    without = _table(run(RunConfig(out=str(tmp_path / "without"), **{**grid, "codecs": ["jpeg"], "limit": None,
+                                                                     "ids": others})))  # fmt: skip
+    without = without.set_index(["codec", "quality", "metric"])
+    for key in [("jpeg", "10", "map50"), ("jpeg", "40", "map")]:
+        assert table.loc[key, "value"] == without.loc[key, "value"]
+    assert table.loc[("jpeg", "10", "map50"), "bpp"] == without.loc[("jpeg", "10", "map50"), "bpp"]
+    ref, ref_without = table.xs("uncompressed", level="codec"), without.xs("uncompressed", level="codec")
+    assert ref.xs("map50", level="metric").value.item() == ref_without.xs("map50", level="metric").value.item()
+    own = _table(run(RunConfig(out=str(tmp_path / "own"), common_items=False, **grid))).set_index(["codec", "quality", "metric"])
+    assert own.loc[("jpeg", "10", "map50"), "n_items"] == 6 and own.loc[("jpeg-flaky", "20", "map50"), "n_items"] == 5
+    # a rerun with the item still failing redoes only the failed unit, and keeps the others' scope
+    again = run(RunConfig(out=str(tmp_path / "common"), **grid))
+    assert again.work["evaluations"] == 1 and again.work["encodes"] == 0

@@ -20,7 +20,7 @@ from vcmbench.errors import DatasetLayoutError, ItemError
 from vcmbench.executors.base import predict_batch
 from vcmbench.media.clip import Clip, clip_to_yuv_bytes, kbps, psnr_clip, read_yuv_clip
 from vcmbench.media.yuv import YUVFormat
-from vcmbench.report.tables import groups_table
+from vcmbench.report.tables import curves, groups_table
 from vcmbench.run import RunConfig, run
 from vcmbench.tasks.base import Task
 from vcmbench.tasks.yolov5 import YOLOv5Task
@@ -94,9 +94,10 @@ def test_clip_round_trip_and_structures(cls: type) -> None:
 def test_command_lines_of_each_structure() -> None:
     v = VVenCCodec(video_config="ra", ffmpeg="/bin/true")
     cmd = v.encode_command(Path("i"), Path("o"), 64, 48, 32, frames=90, fps=50)
-    assert cmd[cmd.index("-vvenc-params") + 1] == "GOPSize=16:IntraPeriod=48"  # ~1 s at 50 fps, multiple of 16
+    assert cmd[cmd.index("-vvenc-params") + 1] == "GOPSize=16:IntraPeriod=48:IntraQPOffset=-3:BIM=0"  # ~1 s at 50 fps, multiple of 16
     assert cmd[cmd.index("-r") + 1] == "50" and cmd[cmd.index("-frames:v") + 1] == "90"
-    assert "-vvenc-params" not in v.encode_command(Path("i"), Path("o"), 64, 48, 32)  # still image: intra
+    still = v.encode_command(Path("i"), Path("o"), 64, 48, 32)  # still image: intra, at the QP itself
+    assert still[still.index("-vvenc-params") + 1] == "IntraQPOffset=0"
     ld = VVenCCodec(video_config="ld", ffmpeg="/bin/true").encode_command(Path("i"), Path("o"), 64, 48, 32, 9, 30)
     assert "PicReordering=0" in ld[ld.index("-vvenc-params") + 1]
     x = X265Codec(video_config="ra", intra_period=24, ffmpeg="/bin/true")
@@ -267,6 +268,36 @@ def test_synth_clips_through_the_runner(tmp_path: Path) -> None:
     assert again.work == {"encodes": 0, "decodes": 0, "inferences": 0, "evaluations": 0}
     items = json.loads((report.run_dir / "run.json").read_text())["config"]
     assert items["datasets"] == ["synth_clips"]
+
+
+def test_each_sequence_and_class_row_carries_its_own_rate(tmp_path: Path) -> None:
+    """Per-sequence rows of results.csv carry the rate of that sequence's own bitstream (8 bytes / (frames W H)),
+    not the unit's; the class row (both clips) carries the unit's."""
+    cfg = RunConfig(codecs=["x265"], tasks=["synth_det"], datasets=["synth_clips"], qualities={"x265": [32]},
+                    out=str(tmp_path / "o"), progress=False,
+                    overrides={"x265": {"video_config": "ld", "preset": "ultrafast"}, "synth_clips": {"num_frames": 8}})  # fmt: skip
+    report = run(cfg)
+    assert report.ok, report.failures
+    table = pd.read_csv(report.run_dir / "results.csv")
+    items = pd.read_csv(report.run_dir / "items.csv")
+    coded = items[items.codec == "x265"].set_index("item_id")
+    rows = table[table.codec == "x265"].set_index("metric")
+    own = {}
+    for clip in ("Synth00", "Synth01"):
+        nbytes = int(coded.loc[clip, "nbytes"])
+        own[clip] = 8.0 * nbytes / (8 * 320 * 240)
+        assert rows.loc[f"map50/{clip}", "bpp"] == pytest.approx(own[clip], rel=1e-12)
+        assert rows.loc[f"map50/{clip}", "nbytes"] == nbytes
+        assert rows.loc[f"map50/{clip}", "kbps"] == pytest.approx(8.0 * nbytes / (8 / 30) / 1000, rel=1e-12)
+        assert rows.loc[f"map50/{clip}", "n_items"] == 1
+    assert own["Synth00"] != pytest.approx(own["Synth01"], rel=0.01)  # two scenes, two rates
+    # the report's per-sequence curves (and so their BD-rates) are drawn at those rates
+    for clip in ("Synth00", "Synth01"):
+        assert list(curves(table)[("synth_clips", "synth_det", f"map50/{clip}", "x265")].rate) == pytest.approx([own[clip]], rel=1e-12)
+    unit_bpp = 8.0 * coded.nbytes.sum() / (2 * 8 * 320 * 240)
+    assert rows.loc["map50", "bpp"] == pytest.approx(unit_bpp, rel=1e-12)
+    assert rows.loc["map50/ClassS", "bpp"] == pytest.approx(unit_bpp, rel=1e-12)
+    assert rows.loc["map50/ClassS", "n_items"] == 2
 
 
 def test_image_codecs_and_tasks_are_refused_on_clips_before_any_work(tmp_path: Path) -> None:

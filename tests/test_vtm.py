@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vcmbench.codecs.ffmpeg import default_ffmpeg
+from vcmbench.codecs.ffmpeg import CTC_INTRA_QP_OFFSET, default_ffmpeg, slice_qps
 from vcmbench.codecs.vtm import VTMCodec
 from vcmbench.errors import BinaryNotFoundError, CodecError
+from vcmbench.media.clip import Clip
 
 FAKE_ENCODER = r'''#!{python}
 """FAKE VTM EncoderApp for tests: VTM's argument syntax, VVenC underneath."""
@@ -110,6 +111,8 @@ def test_binaries_found_through_env_and_command_lines(fake_vtm: Path, monkeypatc
     assert cmd[cmd.index("-wdt") + 1] == "68" and cmd[cmd.index("-hgt") + 1] == "46"
     assert cmd[cmd.index("-q") + 1] == "37" and cmd[cmd.index("-f") + 1] == "1"
     assert "--InputBitDepth=10" in cmd and "--InputChromaFormat=420" in cmd
+    # VTM 8-12 default to ConformanceWindowMode 0 and refuse sizes that are not multiples of 8
+    assert "--ConformanceWindowMode=1" in cmd and cmd.index("--ConformanceWindowMode=1") < len(cmd) - len(codec.extra_args)
     assert codec.decode_command(Path("b.vvc"), Path("d.yuv"), 68, 46) == [
         str(codec.decoder), "-b", "b.vvc", "-o", "d.yuv", "-d", "10"
     ]
@@ -167,3 +170,28 @@ def test_real_vtm_round_trip_matches_ffmpeg_vvc_decoder() -> None:
         from vcmbench.media.yuv import yuv_bytes_to_rgb
 
         assert np.array_equal(yuv_bytes_to_rgb(y.read_bytes(), 96, 64), dec)
+
+
+@pytest.mark.vtm
+@pytest.mark.skipif(not os.environ.get("VCMBENCH_VTM_DIR"), reason="VCMBENCH_VTM_DIR not set: no real VTM build")
+def test_real_vtm_slice_qp_is_the_qp_label() -> None:
+    """The slice QP read back from VTM's bitstream (ffmpeg's trace_headers): the label for images (also at a
+    size that is not a multiple of 8: --ConformanceWindowMode=1) and all-intra clips, as for VVenC and x265
+    (tests/test_codecs.py); random access and low delay: the intra picture at QP - 3 and QP - 1, the
+    IntraQPOffset of VTM's cfgs, which vvenc and x265 follow (CTC_INTRA_QP_OFFSET)."""
+    codec = VTMCodec()
+    codec.name = "vtm"
+    for q in (22, 37):
+        assert slice_qps(codec.encode(_image(45, 67), q).data, "vvc") == [("I", q)]
+    frames = np.stack([np.roll(_image(48, 64), 3 * i, axis=1) for i in range(3)])
+    ai = VTMCodec(video_config="ai")
+    ai.name = "vtm-ai"
+    bs = ai.encode(Clip(frames, 25.0), 32)
+    assert slice_qps(bs.data, "vvc") == [("I", 32)] * 3 and bs.meta["slice_qp"] == {"I": [32]}
+    for config in ("ra", "ld"):
+        clip_codec = VTMCodec(video_config=config)
+        clip_codec.name = f"vtm-{config}"
+        bs = clip_codec.encode(Clip(frames, 25.0), 32)
+        qps = slice_qps(bs.data, "vvc")
+        intra = 32 + CTC_INTRA_QP_OFFSET[config]
+        assert len(qps) == 3 and qps[0] == ("I", intra) and bs.meta["slice_qp"]["I"] == [intra], (config, qps)

@@ -1,6 +1,9 @@
-"""YOLOv5 task: parity with the official val.py on coco-mini, batching invariance, output format.
+"""YOLOv5 task: parity with the official val.py --batch-size 1 on coco-mini, batching invariance, output format.
 
-The model is loaded once and coco-mini (79 images) is predicted once per session (~1 min on 2 CPU cores).
+The reference is val.py at batch size 1 because that is what the task defines (see vcmbench/tasks/yolov5.py):
+at larger batch sizes val.py pads each image to a rectangle shared with its neighbours, and its mAP moves
+with the batch size. The model is loaded once and coco-mini (79 images) is predicted once per session
+(~1 min on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ pytest.importorskip("yolov5")
 from vcmbench.tasks.yolov5 import YOLOv5Task, rect_input_shape, resize_long_side  # noqa: E402
 
 YOLOV5N_SHA256 = "4f180cf23ba0717ada0badd6c685026d73d48f184d00fc159c2641284b2ac0a3"
-# official val.py (--img 640 --conf 0.001 --iou 0.65, rect batches) on coco-mini
-VALPY_MAP, VALPY_MAP50 = 0.316, 0.518
+# official val.py of the yolov5 7.0.14 package, `--batch-size 1 --img 640 --conf-thres 0.001 --iou-thres 0.65
+# --save-json` on coco-mini, CPU (its pycocotools figures, rescored over all 79 images: 0.317311 / 0.518834)
+VALPY_B1_MAP, VALPY_B1_MAP50 = 0.3173, 0.5188
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -62,15 +66,15 @@ def predictions(task: YOLOv5Task, dataset: CocoDataset) -> dict[str, Any]:
 
 
 # -- (a) mAP parity ---------------------------------------------------------------------------------
-def test_coco_mini_map_matches_valpy(
+def test_coco_mini_map_matches_valpy_batch_1(
     task: YOLOv5Task, dataset: CocoDataset, predictions: dict[str, Any]
 ) -> None:
+    """Against val.py --batch-size 1 (the reference quoted above); measured here: 0.317309 / 0.518834."""
     assert len(predictions) == 79
     metrics = task.evaluate(predictions, dataset)
     assert set(task.metrics) <= set(metrics)
-    # measured: map 0.3173, map50 0.5188
-    assert metrics["map"] == pytest.approx(VALPY_MAP, abs=0.01), metrics
-    assert metrics["map50"] == pytest.approx(VALPY_MAP50, abs=0.01), metrics
+    assert metrics["map"] == pytest.approx(VALPY_B1_MAP, abs=0.001), metrics
+    assert metrics["map50"] == pytest.approx(VALPY_B1_MAP50, abs=0.001), metrics
 
 
 # -- (b) per-image agreement with val.py's own detections -----------------------------------------
@@ -103,9 +107,10 @@ def _same(ref: dict[str, Any], ours: list[dict[str, Any]]) -> bool:
 def test_per_image_agreement_with_valpy_reference(
     task: YOLOv5Task, dataset: CocoDataset, predictions: dict[str, Any], coco_mini: Path
 ) -> None:
-    """val.py's rect batches give an image the input shape of its neighbours (sorted by aspect ratio);
-    we give each image its own. Images whose two shapes coincide reproduce val.py to rounding; the
-    others see a different letterbox (e.g. 448 vs 512 px high) and agree only approximately.
+    """The shared reference detections are val.py's with batched rect (a batch size above 1; its mAP 0.3158 /
+    0.5185), not the batch-1 reference of the mAP test: a batch gives an image the input shape of its
+    neighbours (sorted by aspect ratio), we give each image its own. Images whose two shapes coincide reproduce val.py to rounding;
+    the others see a different letterbox (e.g. 448 vs 512 px high) and agree only approximately.
 
     Measured (CPU): top-10 of 41/79 images identical; top-1 of 75/79 images within IoU > 0.9 and
     |d score| <= 0.1; 724/790 (91.6 %) of the top-10 within IoU > 0.8 and |d score| <= 0.05.

@@ -24,6 +24,8 @@ from vcmbench.adapters import adapter_class, build
 from vcmbench.cards import load_card, parse_overrides
 from vcmbench.datasets.coco import CocoDataset
 from vcmbench.errors import WeightsError
+from vcmbench.models.safe_pickle import FAMILIES, RestrictedUnpickler
+from vcmbench.tasks.classes import ClassMapError
 
 from .helpers import config, small_coco
 
@@ -123,7 +125,7 @@ def test_checkpoint_references_upstream_module_names(checkpoint: Path) -> None:
     assert {("models.yolo", "Model"), ("models.yolo", "IDetect"), ("models.common", "Conv")} <= ours
     assert {m for m, _ in ours} <= {"models.yolo", "models.common"}, ours
     assert not any("yolov7_package" in m for m, _ in refs)
-    unpickler = y7._RemapUnpickler(io.BytesIO(b""))
+    unpickler = RestrictedUnpickler(io.BytesIO(b""), family=FAMILIES["yolov7"], source=str(checkpoint))
     for module, name in ours:  # each upstream name resolves to the package's class, never a top-level import
         cls = unpickler.find_class(module, name)
         assert cls.__module__ == f"yolov7_package.{module}"
@@ -234,7 +236,9 @@ def test_prediction_format(predictions: dict[str, Any], coco: CocoDataset) -> No
 def test_predict_matches_upstream_test_py_pipeline(
     task: YOLOv7Task, coco: CocoDataset, predictions: dict[str, Any]
 ) -> None:
-    """One image through test.py's own steps (yolov7's loader, letterbox, NMS, scale_coords) == predict()."""
+    """One image through test.py's own steps (yolov7's loader, letterbox, NMS, scale_coords) at --batch-size 1,
+    the reference the task defines (a larger batch would letterbox the image to its neighbours' rectangle)
+    == predict()."""
     item = coco.items()[0]
     upstream = types.SimpleNamespace(imgs=[None], img_files=[str(item.path)], img_size=640, augment=False)
     img, (h0, w0), (h, w) = v7_datasets.load_image(upstream, 0)
@@ -261,8 +265,9 @@ def test_batch_equals_images_alone(task: YOLOv7Task, images: dict[str, np.ndarra
 
 
 def test_category_ids_are_coco91(task: YOLOv7Task, predictions: dict[str, Any], coco: CocoDataset) -> None:
+    """The checkpoint carries COCO's 80 names (as the official ones do): by name, they are test.py's ids."""
     coco91 = list(v7_general.coco80_to_coco91_class())
-    assert task.category_ids() == coco91 and len(set(coco91)) == 80
+    assert task.category_map(coco) == dict(enumerate(coco91)) and len(set(coco91)) == 80
     dets = task.coco_detections(predictions, coco)
     assert len(dets) == sum(map(len, predictions.values()))
     valid = set(coco.coco_gt().getCatIds())
@@ -307,17 +312,18 @@ def test_missing_weights_path_is_a_weights_error(tmp_path: Path) -> None:
         t.version()
 
 
-def test_single_class_repconv_detect_model(tmp_path: Path) -> None:
+def test_single_class_repconv_detect_model(tmp_path: Path, coco: CocoDataset) -> None:
     """A single-class variant with a plain Detect head and RepConv outputs: RepConv fusion, objectness scores."""
     path = tmp_path / "one-class.pt"
     noise = [np.random.default_rng(i).integers(0, 256, (64, 96, 3), dtype=np.uint8) for i in range(2)]
     save_upstream_checkpoint(build_random_yolov7_tiny(1, noise, head="Detect", repconv=True), path)
     assert ("models.common", "RepConv") in pickle_globals(path) and ("models.yolo", "Detect") in pickle_globals(path)
-    with pytest.raises(WeightsError, match="1 classes.*class_map: identity"):
-        YOLOv7Task(weights=str(path), device="cpu").load()
+    # its one class, named "0" (yolov7's placeholder), is no COCO category: refused for COCO, loads fine
+    with pytest.raises(ClassMapError, match="match 0 of the 80 categories.*placeholders"):
+        YOLOv7Task(weights=str(path), device="cpu").category_map(coco)
     t = YOLOv7Task(weights=str(path), device="cpu", class_map="identity")
     t.load()
-    assert t.category_ids() == []
+    assert t.class_names() == {0: "0"}
     reps = [m for m in t._model.modules() if type(m) is v7_common.RepConv]
     assert len(reps) == 3 and all(m.deploy and m.rbr_1x1 is None and m.rbr_identity is None for m in reps)
     assert not any(p.requires_grad for p in t._model.parameters())

@@ -12,7 +12,7 @@ import pickletools
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -20,6 +20,8 @@ from unittest import mock
 import numpy as np
 import torch
 import yolov7_package.models.yolo as v7_yolo
+
+from vcmbench.datasets.sfu_hw import COCO80_NAMES
 
 # -- the architecture ---------------------------------------------------------------------------------
 # yolov7-tiny as defined upstream in cfg/training/yolov7-tiny.yaml (WongKinYiu/yolov7; cfg/deploy differs only
@@ -81,17 +83,24 @@ def _quiet_grid() -> Iterator[None]:
 
 
 def build_random_yolov7_tiny(
-    nc: int, calibration: list[np.ndarray] | None = None, seed: int = 0, **variant: Any
-) -> Any:
+    nc: int, calibration: list[np.ndarray] | None = None, seed: int = 0, names: Sequence[str] | None = None,
+    **variant: Any,
+) -> Any:  # fmt: skip
     """yolov7-tiny with random weights, made to output a moderate number of image-dependent detections.
 
     ``ImplicitM`` starts at 1 as upstream (yolov7-package initialises it at 0, which scales every output to ~0);
     BatchNorm statistics are measured on ``calibration`` images (default ones would let activations vanish,
     and make Conv+BN fusion trivial); the detection convolutions are doubled to spread the scores.
+    ``names`` become the model's class names, as upstream training sets them from the data yaml; by default
+    a COCO-80 model gets COCO's names (as the official checkpoints carry), others keep yolov7's placeholders
+    ``"0"``, ``"1"``, ...
     """
     torch.manual_seed(seed)
     with _quiet_grid(), mock.patch.object(v7_yolo.Model, "info", lambda self, *a, **k: None):
         model = v7_yolo.Model(yolov7_tiny_cfg(nc, **variant), ch=3, nc=nc)  # (info(): a slow FLOPs count)
+    if names is not None or nc == len(COCO80_NAMES):
+        model.names = list(names if names is not None else COCO80_NAMES)
+        assert len(model.names) == nc
     head = model.model[-1]
     with torch.no_grad():
         for im in getattr(head, "im", ()):
@@ -112,14 +121,14 @@ def build_random_yolov7_tiny(
 
 
 @contextlib.contextmanager
-def upstream_module_names(model: torch.nn.Module) -> Iterator[None]:
+def upstream_module_names(model: torch.nn.Module, prefix: str = "yolov7_package.") -> Iterator[None]:
     """While active, pickle records the package's classes under the upstream module names (``models.yolo``).
 
     Official checkpoints were pickled inside the upstream repository, where the classes live in top-level
     ``models.*`` modules. Pickle looks a class up as ``sys.modules[cls.__module__].<qualname>``, so the classes
     are renamed and the package modules aliased under those names; everything is restored afterwards.
+    ``prefix`` is the package the classes live in here (``yolov7_package.``, ``yolov5.``).
     """
-    prefix = "yolov7_package."
     classes = {type(m) for m in model.modules() if type(m).__module__.startswith(prefix)}
     aliases = {
         name[len(prefix) :]: mod
@@ -143,11 +152,11 @@ def upstream_module_names(model: torch.nn.Module) -> Iterator[None]:
                 sys.modules[name] = mod
 
 
-def save_upstream_checkpoint(model: torch.nn.Module, path: Path) -> None:
+def save_upstream_checkpoint(model: torch.nn.Module, path: Path, prefix: str = "yolov7_package.") -> None:
     """Save as upstream's strip_optimizer leaves a release file: the fp16 model, no EMA, no optimizer, epoch -1."""
     ckpt = {"model": copy.deepcopy(model).half(), "ema": None, "updates": None, "optimizer": None,
             "training_results": None, "epoch": -1, "best_fitness": None}  # fmt: skip
-    with upstream_module_names(model):
+    with upstream_module_names(model, prefix):
         torch.save(ckpt, path)
 
 

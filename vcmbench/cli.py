@@ -102,6 +102,50 @@ def _ray_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return v
+
+
+def _bd_args(sp: argparse.ArgumentParser, items: bool) -> None:
+    """BD options of ``report``, ``plot`` (``items``: with --anchor and --no-common-items) and ``compare``."""
+    from .metrics.bd import DEFAULT_MIN_OVERLAP, DEFAULT_MIN_POINTS, FITS, METHODS
+
+    g = sp.add_argument_group("BD-rate (see vcmbench/metrics/bd.py)")
+    if items:
+        g.add_argument("--anchor", default=None, help="anchor codec [vtm, else vvenc, else the first codec]")
+    g.add_argument("--method", choices=METHODS, default="pchip",
+                   help="interpolation: pchip (JVET CTC), cubic (VCEG-M33), akima [pchip]")
+    g.add_argument("--fit", choices=FITS, default="measured",
+                   help="measured: interpolate the measured points; monotone: first replace each curve's "
+                        "values by the monotone concave cubic fit of the MPEG VCM CTC reporting [measured]")
+    g.add_argument("--min-overlap", type=_fraction, default=DEFAULT_MIN_OVERLAP, metavar="FRACTION",
+                   help="leave a BD value empty when the curves share less than this fraction of the range "
+                        "either covers, on the axis it averages over (metric for BD-rate, log-rate for "
+                        f"BD-metric) [{DEFAULT_MIN_OVERLAP}]")
+    g.add_argument("--allow-short", action="store_true",
+                   help=f"compute BD values for curves of fewer than {DEFAULT_MIN_POINTS} points or with too "
+                        "little overlap anyway, marked 'allowed:' in their note")
+    if items:
+        g.add_argument("--no-common-items", dest="common_items", action="store_false",
+                       help="compute BD values even when the codecs' units were scored on different items "
+                            "(marked in the note) [leave them empty]")
+    g.add_argument("--lower-is-better", type=_csv, default=[], metavar="M1,M2",
+                   help="metrics where lower is better, for tables that do not record it (e.g. face_recall)")  # fmt: skip
+
+
+def _bd_options(args: argparse.Namespace) -> Any:
+    from .report.tables import BDOptions
+
+    return BDOptions(method=args.method, fit=args.fit, min_overlap=args.min_overlap,
+                     allow_short=args.allow_short, common_items=getattr(args, "common_items", True))  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vcmbench",
@@ -133,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=None, help="parallel encodes/decodes [all cores]")
     r.add_argument("--batch-size", type=int, default=None, help="images per inference batch [task card]")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--no-common-items", dest="common_items", action="store_false",
+                   help="score each unit on every item it finished (default: the units of one dataset x task, "
+                        "every codec and quality, are scored on the items all of them finished)")  # fmt: skip
     r.add_argument("--background-scoring", choices=["auto", "on", "off"], default="auto",
                    help="score finished units in a background process while the model infers the next ones; "
                         "auto: when a GPU or a Ray cluster leaves this machine's CPU free")  # fmt: skip
@@ -153,25 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="results.csv, a run folder, or an output folder (its latest run)")  # fmt: skip
         sp.add_argument("--run", default=None, help="run id inside an output folder [latest]")
 
-    pl = sub.add_parser("plot", help="draw accuracy-vs-bpp RD curves (PNG and SVG)")
+    pl = sub.add_parser("plot", help="draw accuracy-vs-bpp RD curves (PNG and SVG), BD-rates in the legend")
     source_args(pl)
     pl.add_argument("--metric", type=_csv, default=None, help="only these metrics")
     pl.add_argument("--logx", action="store_true", help="logarithmic bpp axis")
     pl.add_argument("--out-dir", default=None, help="where to write [<run folder>/plots]")
+    _bd_args(pl, items=True)
 
     rp = sub.add_parser("report", help="print and write the RD points and a BD-rate table against an anchor")
     source_args(rp)
-    rp.add_argument("--anchor", default=None, help="anchor codec [vtm, else vvenc, else the first codec]")
-    rp.add_argument("--method", choices=["pchip", "cubic", "akima"], default="pchip",
-                    help="interpolation: pchip (JVET CTC), cubic (VCEG-M33), akima")  # fmt: skip
     rp.add_argument("--metric", type=_csv, default=None, help="only these metrics")
+    _bd_args(rp, items=True)
 
     c = sub.add_parser("compare", help="fail (exit 1) when NEW regresses against BASELINE")
     c.add_argument("baseline", help="baseline results.csv / run folder / output folder")
     c.add_argument("new", help="new results.csv / run folder / output folder")
     c.add_argument("--fail", action="append", default=[], metavar="RULE",
-                   help="bd_rate:+1.0 (max BD-rate increase, %%), <metric>:-0.01 (max drop), bpp:+2 (max %% increase)")
-    c.add_argument("--method", choices=["pchip", "cubic", "akima"], default="pchip")
+                   help="bd_rate:+1.0 (max BD-rate increase, %%), <metric>:-0.01 (max loss: a drop, or a rise for "
+                        "a lower-is-better metric), bpp:+2 (max %% increase)")  # fmt: skip
+    _bd_args(c, items=False)
 
     e = sub.add_parser("export", help="export a run's tables (RD points and per-image rows) to CSV or Parquet")
     source_args(e)
@@ -254,6 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         executor=args.executor,
         address=args.address,
         ray_options=_ray_options(args),
+        common_items=args.common_items,
     )
     if not (args.codec or args.task or args.dataset):  # the built-in default run: its own settings, unless --set
         for card, settings in DEFAULT_RUN_OVERRIDES.items():
@@ -290,57 +338,102 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bd_setup(args: argparse.Namespace, df: Any, run_dir: Path | None) -> tuple[Any, frozenset[str], Any]:
+    """(BD options, lower-is-better metrics, item sets) of a report or plot; prints a direction note."""
+    from .report import direction_note, lower_is_better
+    from .report.items import load_item_sets
+
+    note = direction_note(df, args.lower_is_better)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return _bd_options(args), lower_is_better(df, args.lower_is_better), load_item_sets(df, run_dir)
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from .report import headline, load_results, resolve_run_dir, with_psnr_rows
     from .report.plot import plot_rd
+    from .report.tables import bd_table
 
-    df = headline(with_psnr_rows(load_results(args.source, args.run)), args.metric)
-    out = Path(args.out_dir) if args.out_dir else resolve_run_dir(args.source, args.run) / "plots"
-    files = plot_rd(df, out, logx=args.logx)
-    for f in files:
+    raw = load_results(args.source, args.run)
+    run_dir = resolve_run_dir(args.source, args.run)
+    opts, lower, items = _bd_setup(args, raw, run_dir)
+    df = headline(with_psnr_rows(raw), args.metric)
+    bd, anchor = bd_table(df, anchor=args.anchor, options=opts, lower=lower, items=items)
+    out = Path(args.out_dir) if args.out_dir else run_dir / "plots"
+    caption = f"vs {anchor}, {opts.method}, {opts.fit} points"
+    for f in plot_rd(df, out, logx=args.logx, bd=bd, caption=caption, lower=lower):
         print(f)
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _bd_caption(anchor: str, opts: Any) -> str:
+    """The BD table's caption: what was computed and how to read the signs."""
+    return (
+        f"BD-rate against {anchor} ({opts.caption()}). Signs: bd_rate < 0 and bd_metric > 0 mean the codec is "
+        "better than the anchor, for every metric: for a lower-is-better metric (better = lower, e.g. "
+        "face_recall: fewer faces survive = more private) bd_metric is anchor minus codec at equal rate, and "
+        "bd_rate the anchor's rate relative to the codec's at equal value when the metric worsens as the rate "
+        "rises. An empty cell gives its reason in the note beside it; 'allowed:' marks a value computed "
+        "against a rule (--allow-short)."
+    )
+
+
+def _report_tables(args: argparse.Namespace) -> tuple[Any, Any, Any, str, Any, Path]:
+    """(points, groups, BD table, anchor, options, run folder) of ``vcmbench report``."""
     from .report import headline, load_results, resolve_run_dir, with_psnr_rows
-    from .report.tables import bd_table, format_table, groups_table, markdown_table, points_table
+    from .report.tables import bd_table, groups_table, mark_items, points_table
 
     df = load_results(args.source, args.run)
     run_dir = resolve_run_dir(args.source, args.run)
-    points = points_table(headline(df, args.metric))
+    opts, lower, items = _bd_setup(args, df, run_dir)
+    points = mark_items(points_table(headline(df, args.metric)), items)
     heads = args.metric or sorted(set(df[df.headline.astype(str).str.lower().isin(["true", "1"])].metric))
     groups = groups_table(df, heads)
-    bd, anchor = bd_table(headline(with_psnr_rows(df), args.metric), anchor=args.anchor, method=args.method)
+    bd, anchor = bd_table(headline(with_psnr_rows(df), args.metric), anchor=args.anchor, options=opts,
+                          lower=lower, items=items)  # fmt: skip
+    return points, groups, bd, anchor, opts, run_dir
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.tables import format_table, markdown_table
+
+    points, groups, bd, anchor, opts, run_dir = _report_tables(args)
+    caption = _bd_caption(anchor, opts)
     print("RD points:")
     print(format_table(points))
     if not groups.empty:
         print("\nPer sequence and class (clip datasets):")
         print(format_table(groups))
-    print(f"\nBD-rate against {anchor} ({args.method}; negative = fewer bits for the same accuracy):")
-    shown = bd.drop(columns=["warnings"])
-    print(format_table(shown, "{:.3f}"))
+    print(f"\n{caption}")
+    print(format_table(bd.drop(columns=["warnings"]), "{:.3f}"))
     warnings = [f"{r.codec} {r.metric}: {w}" for r in bd.itertuples() for w in str(r.warnings).split(" | ") if w]
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     bd.to_csv(run_dir / "bd_rate.csv", index=False)
     per_group = f"# Per sequence and class\n\n{markdown_table(groups)}\n\n" if not groups.empty else ""
+    listed = "".join(f"- {w}\n" for w in warnings)
     (run_dir / "report.md").write_text(
-        f"# RD points\n\n{markdown_table(points)}\n\n{per_group}# BD-rate against {anchor} ({args.method})\n\n"
-        f"{markdown_table(bd, '{:.3f}')}\n"
+        f"# RD points\n\n{markdown_table(points)}\n\n{per_group}# BD-rate against {anchor} ({opts.method}, "
+        f"{opts.fit} points)\n\n{caption}\n\n{markdown_table(bd.drop(columns=['warnings']), '{:.3f}')}\n"
+        + (f"\nWarnings:\n\n{listed}" if listed else "")
     )
     print(f"\nwritten: {run_dir / 'bd_rate.csv'}, {run_dir / 'report.md'}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import load_results
+    from .report import direction_note, load_results, lower_is_better
     from .report.compare import Rule, compare
 
     rules = [Rule.parse(t) for t in args.fail]
     if not rules:
         print("note: no --fail rule given; showing the differences only", file=sys.stderr)
-    result = compare(load_results(args.baseline), load_results(args.new), rules, method=args.method)
+    base, new = load_results(args.baseline), load_results(args.new)
+    note = direction_note(new, args.lower_is_better)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    lower = lower_is_better(base, args.lower_is_better) | lower_is_better(new)
+    result = compare(base, new, rules, options=_bd_options(args), lower=lower)
     print(result.render())
     return 1 if result.failed else 0
 

@@ -5,6 +5,10 @@ A task lists the contracts it needs in ``Task.requires`` (e.g. a detector scored
 task x dataset pair is checked with :func:`unmet`, so a task that needs what a dataset lacks is refused
 before any work, with a message built from the contract (:func:`describe`). Tasks reach datasets only
 through these methods; nothing else of a dataset is read by a task.
+
+One contract is two-sided: a dataset states its label categories (:class:`Categories`), a detector states
+its model's classes and maps them onto those categories (:class:`ClassMapped`); the pair is checked when
+the grid is planned too, so a model trained for other classes is refused before any work.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Categories", "ClipFrames", "CocoInstances", "PanopticSource", "describe", "unmet"]
+__all__ = ["Categories", "ClassMapped", "ClipFrames", "CocoInstances", "PanopticSource", "describe", "unmet"]
 
 
 @runtime_checkable
@@ -49,6 +53,18 @@ class Categories(Protocol):
     """The dataset's label categories, COCO style: ``[{"id": int, "name": str}, ...]``."""
 
     def categories(self) -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class ClassMapped(Protocol):
+    """A task side of :class:`Categories`: a detector that states its model's classes (``class index -> name``)
+    and maps them onto a dataset's categories (``class index -> category id``), raising
+    ``vcmbench.tasks.classes.ClassMapError`` when they do not fit. Checked with every dataset that has
+    :class:`Categories` when a grid is planned."""
+
+    def class_names(self) -> dict[int, str]: ...
+
+    def category_map(self, dataset: Categories) -> dict[int, int]: ...
 
 
 def _methods(contract: type) -> list[str]:

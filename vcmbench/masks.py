@@ -401,33 +401,9 @@ def make_masks(
     out.mkdir(parents=True, exist_ok=True)
     relevant = params.relevant()
     phash = stable_hash(relevant)
-    manifest: dict[str, Any]
-    if (out / MANIFEST).exists():
-        manifest = read_manifest(out)
-        if manifest.get("params_hash") != phash:
-            if not overwrite:
-                old = manifest.get("params", {})
-                diff = {k: (old.get(k), v) for k, v in relevant.items() if old.get(k) != v}
-                diff.update({k: (v, None) for k, v in old.items() if k not in relevant})
-                shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-                raise MaskError(f"{out} holds masks made with other parameters ({shown}); choose another --out "
-                                "or pass --overwrite to replace them")  # fmt: skip
-            for entry in manifest.get("items", {}).values():
-                (out / entry["mask"]).unlink(missing_ok=True)
-            manifest = {}
-    else:
-        manifest = {}
-    items = list(items)
+    manifest = _existing_manifest(out, relevant, phash, overwrite)
     done: dict[str, Any] = dict(manifest.get("items", {})) if manifest else {}
-    todo: list[tuple[MaskItem, str]] = []
-    skipped = 0
-    for item in items:
-        sha = file_sha256(item.path)
-        entry = done.get(item.id)
-        if entry and entry.get("image_sha256") == sha and (out / entry["mask"]).is_file():
-            skipped += 1
-            continue
-        todo.append((item, sha))
+    todo, skipped = _masks_to_make(items, done, out)
     if source is None and todo:
         source = build_source(params, dataset, sam_checkpoint, device)
     detail = source.detail() if source is not None and hasattr(source, "detail") else manifest.get("source_detail", {})
@@ -453,24 +429,14 @@ def make_masks(
         iterator = tqdm(todo, desc=f"masks ({params.source})", dynamic_ncols=True)
     made = 0
     for n, (item, sha) in enumerate(iterator, start=1):
+        assert source is not None
         try:
-            image = read_rgb(item.path, item.id)
-            t0 = time.perf_counter()
-            assert source is not None
-            mask, info = source(image, item)
-            seconds = time.perf_counter() - t0
+            done[item.id] = _make_one(item, sha, source, out)
         except VcmbenchError as exc:
             failed[item.id] = str(exc)
             if log:
                 log(f"masks: item {item.id} ({item.path}) failed: {exc}")
             continue
-        name = f"{item.id}.png"
-        _write_png(out / name, mask)
-        done[item.id] = {
-            "image": item.path.name, "image_path": str(item.path), "image_sha256": sha, "mask": name,
-            "height": int(mask.shape[0]), "width": int(mask.shape[1]),
-            "coverage": round(float((mask > 0).mean()), 6), "seconds": round(seconds, 3), **info,
-        }  # fmt: skip
         made += 1
         if n % save_every == 0:
             _write_json(out / MANIFEST, manifest)
@@ -486,3 +452,53 @@ def mask_index(folder: str | os.PathLike[str]) -> dict[str, Path]:
     for entry in manifest["items"].values():
         out[entry["image"]] = folder / entry["mask"]
     return out
+
+
+def _existing_manifest(out: Path, relevant: dict[str, Any], phash: str, overwrite: bool) -> dict[str, Any]:
+    """The manifest already in ``out`` when its masks were made with these parameters; ``{}`` when there is
+    none, or when ``overwrite`` lets masks of other parameters be deleted (else those are an error)."""
+    if not (out / MANIFEST).exists():
+        return {}
+    manifest = read_manifest(out)
+    if manifest.get("params_hash") == phash:
+        return manifest
+    if not overwrite:
+        old = manifest.get("params", {})
+        diff = {k: (old.get(k), v) for k, v in relevant.items() if old.get(k) != v}
+        diff.update({k: (v, None) for k, v in old.items() if k not in relevant})
+        shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise MaskError(f"{out} holds masks made with other parameters ({shown}); choose another --out "
+                        "or pass --overwrite to replace them")  # fmt: skip
+    for entry in manifest.get("items", {}).values():
+        (out / entry["mask"]).unlink(missing_ok=True)
+    return {}
+
+
+def _masks_to_make(items: Iterable[MaskItem], done: dict[str, Any], out: Path) -> tuple[list[tuple[MaskItem, str]], int]:
+    """(item, image sha256) of the items without a current mask, and how many already have one."""
+    todo: list[tuple[MaskItem, str]] = []
+    skipped = 0
+    for item in items:
+        sha = file_sha256(item.path)
+        entry = done.get(item.id)
+        if entry and entry.get("image_sha256") == sha and (out / entry["mask"]).is_file():
+            skipped += 1
+            continue
+        todo.append((item, sha))
+    return todo, skipped
+
+
+def _make_one(item: MaskItem, sha: str, source: Callable[[np.ndarray, MaskItem], tuple[np.ndarray, dict[str, Any]]],
+              out: Path) -> dict[str, Any]:  # fmt: skip
+    """Make and write one item's mask; its manifest entry."""
+    image = read_rgb(item.path, item.id)
+    t0 = time.perf_counter()
+    mask, info = source(image, item)
+    seconds = time.perf_counter() - t0
+    name = f"{item.id}.png"
+    _write_png(out / name, mask)
+    return {
+        "image": item.path.name, "image_path": str(item.path), "image_sha256": sha, "mask": name,
+        "height": int(mask.shape[0]), "width": int(mask.shape[1]),
+        "coverage": round(float((mask > 0).mean()), 6), "seconds": round(seconds, 3), **info,
+    }  # fmt: skip

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     key TEXT PRIMARY KEY, dataset TEXT, dataset_id TEXT, task TEXT, task_id TEXT, codec TEXT, codec_id TEXT,
     quality TEXT, n_items INTEGER, n_failed INTEGER, nbytes INTEGER, pixels INTEGER, bpp REAL, bpp_mean REAL,
     psnr REAL, encode_s REAL, decode_s REAL, infer_s REAL, metrics TEXT, headline TEXT, failed_items TEXT, pred_keys TEXT,
-    run_id TEXT, updated REAL, kbps REAL
+    run_id TEXT, updated REAL, kbps REAL, group_rates TEXT, lower_is_better TEXT, left_out TEXT
 );
 CREATE TABLE IF NOT EXISTS run_units (
     run_id TEXT, position INTEGER, eval_key TEXT, PRIMARY KEY (run_id, eval_key)
@@ -55,10 +55,13 @@ CREATE TABLE IF NOT EXISTS file_hashes (
 """
 
 TIDY_COLUMNS = [
-    "run_id", "dataset", "task", "codec", "quality", "metric", "headline", "value", "bpp", "bpp_mean", "psnr",
-    "n_items", "n_failed", "nbytes", "pixels", "kbps", "encode_s", "decode_s", "infer_s",
+    "run_id", "dataset", "task", "codec", "quality", "metric", "headline", "lower_is_better", "value", "bpp",
+    "bpp_mean", "psnr", "n_items", "n_failed", "nbytes", "pixels", "kbps", "encode_s", "decode_s", "infer_s",
     "codec_id", "task_id", "dataset_id",
 ]  # fmt: skip
+
+#: the rate columns a unit has, and each group of a clip dataset has of its own
+GROUP_RATE_COLUMNS = ("bpp", "bpp_mean", "psnr", "nbytes", "pixels", "kbps", "encode_s", "decode_s")
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,12 @@ class Store:
         have = {r["name"] for r in self.conn.execute("PRAGMA table_info(evaluations)")}
         if "kbps" not in have:  # bit rate of clips at their frame rate (video datasets)
             self.conn.execute("ALTER TABLE evaluations ADD COLUMN kbps REAL")
+        if "group_rates" not in have:  # each group's own rate (clip datasets: per sequence, per class)
+            self.conn.execute("ALTER TABLE evaluations ADD COLUMN group_rates TEXT")
+        if "lower_is_better" not in have:  # the task's metrics where lower is better (face recall)
+            self.conn.execute("ALTER TABLE evaluations ADD COLUMN lower_is_better TEXT")
+        if "left_out" not in have:  # finished items left out so that every codec is scored on the same ones
+            self.conn.execute("ALTER TABLE evaluations ADD COLUMN left_out TEXT")
 
     def close(self) -> None:
         self.conn.close()
@@ -222,7 +231,10 @@ class Store:
         row["metrics"] = json.dumps(row["metrics"])
         row["headline"] = json.dumps(list(row.get("headline", [])))
         row["failed_items"] = json.dumps(row.get("failed_items", []))
+        row["left_out"] = json.dumps(row.get("left_out", []))
         row["pred_keys"] = json.dumps(row.get("pred_keys", []))
+        row["group_rates"] = json.dumps(row["group_rates"]) if row.get("group_rates") is not None else None
+        row["lower_is_better"] = json.dumps(sorted(row.get("lower_is_better", [])))
         row["updated"] = time.time()
         cols = ",".join(row)
         self.conn.execute(
@@ -251,23 +263,31 @@ class Store:
         return self.conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
 
     def tidy_rows(self, run_id: str) -> list[dict[str, Any]]:
-        """The run's results, one row per (dataset, task, codec, quality, metric)."""
+        """The run's results, one row per (dataset, task, codec, quality, metric).
+
+        A grouped metric ``<metric>/<group>`` (a sequence or class of a clip dataset) carries its group's own
+        rate columns (bits of that group's bitstreams over that group's pixels / duration), every other
+        metric the unit's."""
         q = """SELECT e.* FROM run_units u JOIN evaluations e ON e.key = u.eval_key
                WHERE u.run_id=? ORDER BY u.position"""
         rows = []
         for r in self.conn.execute(q, (run_id,)):
             metrics = json.loads(r["metrics"])
             headline = set(json.loads(r["headline"] or "[]"))
+            groups = json.loads(r["group_rates"] or "{}")
+            # None for units stored before directions were: the report says so rather than guess
+            lower = None if r["lower_is_better"] is None else set(json.loads(r["lower_is_better"]))
+            unit = {k: r[k] for k in (*GROUP_RATE_COLUMNS, "n_items")}
             for metric, value in metrics.items():
+                group = metric.split("/", 1)[1] if "/" in metric else None
                 rows.append(
                     {
                         "run_id": run_id, "dataset": r["dataset"], "task": r["task"], "codec": r["codec"],
                         "quality": r["quality"], "metric": metric, "headline": metric in headline,
-                        "value": value, "bpp": r["bpp"],
-                        "bpp_mean": r["bpp_mean"], "psnr": r["psnr"], "n_items": r["n_items"],
-                        "n_failed": r["n_failed"], "nbytes": r["nbytes"], "pixels": r["pixels"], "kbps": r["kbps"],
-                        "encode_s": r["encode_s"], "decode_s": r["decode_s"], "infer_s": r["infer_s"],
-                        "codec_id": r["codec_id"], "task_id": r["task_id"], "dataset_id": r["dataset_id"],
+                        "lower_is_better": None if lower is None else metric.split("/", 1)[0] in lower,
+                        "value": value, "n_failed": r["n_failed"], **unit, **groups.get(group, {}),
+                        "infer_s": r["infer_s"], "codec_id": r["codec_id"], "task_id": r["task_id"],
+                        "dataset_id": r["dataset_id"],
                     }
                 )  # fmt: skip
         return rows

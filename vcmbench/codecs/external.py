@@ -76,6 +76,11 @@ class YUVCodec(ExternalCodec):
     def decode_command(self, src: Path, dst: Path, width: int, height: int) -> list[str]:
         """Command that decodes bitstream ``src`` into the planar YUV file ``dst``."""
 
+    def clip_meta(self, data: bytes) -> dict[str, Any]:
+        """What a coded clip's bitstream records beside its frame rate and structure (e.g. the slice QPs
+        it was coded with: ``{"slice_qp": {"I": [29], "B": [38, 40]}}``); nothing by default."""
+        return {}
+
     def encode(self, image: np.ndarray | Clip, quality: Any) -> Bitstream:
         q = self.validate_quality(quality)
         clip = image if isinstance(image, Clip) else None
@@ -92,7 +97,7 @@ class YUVCodec(ExternalCodec):
             cmd = self.encode_command(src, dst, pw, ph, q, frames=frames, fps=fps)
             res = run_process(cmd, what, cwd=Path(tmp), timeout=self.timeout)
             data = read_output(dst, what, res.stderr)
-        meta = {"fps": fps, "video_config": self.video_config} if clip else {}
+        meta = {"fps": fps, "video_config": self.video_config, **self.clip_meta(data)} if clip else {}
         return Bitstream(data, width=w, height=h, frames=frames, meta=meta)
 
     def decode(self, bitstream: Bitstream) -> np.ndarray | Clip:

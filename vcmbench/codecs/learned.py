@@ -33,10 +33,22 @@ are unsigned LEB128)::
     varint groups, per group: varint strings, per string: varint length
     payload: every string, in order
 
-Decoding needs the same weights *and* the same floating-point arithmetic as
-encoding (the entropy model's parameters are recomputed by the decoder), so the
-device type enters the codec's version and cache key: decode on the kind of
-device you encoded on.
+Format 1 (vcmbench before implementation version 2) is refused: its entropy parameters were float32
+computations whose last bits depend on the number of threads, so it decoded to noise in another process.
+
+Decoding recomputes the entropy model's parameters, so encoder and decoder must compute them alike,
+bit for bit (:mod:`vcmbench.models.exact_prior`):
+
+- hyperprior models (``mbt2018-mean``, the shipped checkpoints, and ``bmshj2018-hyperprior``): the
+  hyper-synthesis runs in exact integer arithmetic, so the symbols decode identically on every machine,
+  thread count and device (CPU or CUDA); the rate never depends on where a stream is decoded;
+- every model: encode and decode run under :func:`~vcmbench.models.exact_prior.fixed_arithmetic` (one
+  intra-op CPU thread, cuDNN deterministic). That makes the pixels identical across processes and thread
+  counts for one PyTorch build on one CPU instruction set (and, for the models without an exact prior,
+  ``mbt2018``, ``cheng2020-*``, ``tcm``, it is what keeps the entropy decoder in sync). Pixels are not
+  guaranteed identical between CPU instruction sets or between CPU and CUDA (a few may differ by one
+  level; with a float prior a stream may even fail to decode there), so the device type enters the
+  codec's version and cache key: decode on the kind of device you encoded on.
 """
 
 from __future__ import annotations
@@ -58,9 +70,10 @@ from ..media.hashing import stable_hash
 from ..registry import register
 from .base import Bitstream, Codec
 
-#: bump when the bitstream layout or the pre/post-processing changes
-IMPL_VERSION = "1"
-FORMAT = 1
+#: bump when the bitstream layout, the entropy parameters' arithmetic or the pre/post-processing changes
+#: (2: exact integer hyperprior, fixed one-thread arithmetic; the shipped checkpoints' bitstreams changed)
+IMPL_VERSION = "2"
+FORMAT = 2
 LOSSES = ("lic", "objicm", "saicm", "tlicm")
 RATE_POINT_KEYS = {"lambda", "lambda2", "checkpoint", "url", "sha256", "random_seed", "description"}
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -124,6 +137,9 @@ def unpack_bitstream(data: bytes) -> Unpacked:
     """Inverse of :func:`pack_bitstream`; a malformed stream is a :class:`CodecError`."""
     if len(data) < 2:
         raise CodecError("learned codec: bitstream shorter than its header")
+    if data[0] == 1:
+        raise CodecError("learned codec: bitstream format 1 was written by an older vcmbench whose entropy "
+                         "parameters depended on the thread count (it may decode to noise); encode again")
     if data[0] != FORMAT:
         raise CodecError(f"learned codec: unknown bitstream format {data[0]} (this version writes {FORMAT})")
     position = data[1]
@@ -351,7 +367,10 @@ class LearnedCodec(Codec):
         with self._lock:
             model = self._models.get(key)
             if model is None:
+                from ..models.exact_prior import exact_prior
+
                 model = self._load(key)
+                exact_prior(model)  # built now, once, from the loaded weights
                 self._models[key] = model
         return model
 
@@ -409,14 +428,15 @@ class LearnedCodec(Codec):
     def encode(self, image: np.ndarray, quality: Any) -> Bitstream:
         import torch
 
+        from ..models.exact_prior import exact_compress, exact_prior, fixed_arithmetic
         from ..models.lic import pad_multiple
 
         key = self.validate_quality(quality)
         model = self.model(key)
         h, w = image.shape[:2]
         x = self._to_tensor(image, pad_multiple(model))
-        with torch.no_grad():
-            out = model.compress(x)
+        with torch.no_grad(), fixed_arithmetic(self.torch_device()):
+            out = exact_compress(model, x) if exact_prior(model) else model.compress(x)
         strings = [[bytes(s) for s in group] for group in out["strings"]]
         shape = tuple(int(d) for d in out["shape"])
         data = pack_bitstream(self.keys.index(key), h, w, shape, strings)
@@ -425,27 +445,34 @@ class LearnedCodec(Codec):
     def decode(self, bitstream: Bitstream) -> np.ndarray:
         import torch
 
+        from ..models.exact_prior import exact_decompress, exact_prior, fixed_arithmetic
+
         u = unpack_bitstream(bitstream.data)
         if u.position >= len(self.keys):
             raise CodecError(f"{self.name}: bitstream names rate point #{u.position}, the card has {len(self.keys)}")
         key = self.keys[u.position]
         model = self.model(key)
-        with torch.no_grad():
-            x_hat = model.decompress(u.strings, u.shape)["x_hat"]
+        with torch.no_grad(), fixed_arithmetic(self.torch_device()):
+            if exact_prior(model):
+                x_hat = exact_decompress(model, u.strings, u.shape)["x_hat"]
+            else:
+                x_hat = model.decompress(u.strings, u.shape)["x_hat"]
         return to_image(x_hat, u.height, u.width)
 
     def estimate(self, image: np.ndarray, quality: Any) -> dict[str, Any]:
-        """The model's forward pass (no entropy coding): likelihood bpp and the quantized reconstruction."""
+        """The model's forward pass (no entropy coding): likelihood bpp and the quantized reconstruction,
+        with the arithmetic of :meth:`encode` and :meth:`decode` (the image is the decoded one)."""
         import torch
 
+        from ..models.exact_prior import exact_forward, exact_prior, fixed_arithmetic
         from ..models.lic import pad_multiple
 
         key = self.validate_quality(quality)
         model = self.model(key)
         h, w = image.shape[:2]
         x = self._to_tensor(image, pad_multiple(model))
-        with torch.no_grad():
-            out = model(x)
+        with torch.no_grad(), fixed_arithmetic(self.torch_device()):
+            out = exact_forward(model, x) if exact_prior(model) else model(x)
         bits = sum(float(-torch.log2(lik).sum()) for lik in out["likelihoods"].values())
         return {"bpp": bits / (h * w), "bits": bits, "image": to_image(out["x_hat"].clamp(0, 1), h, w),
                 "x_hat": out["x_hat"]}  # fmt: skip

@@ -7,6 +7,13 @@ VTM is not packaged anywhere: users build it (cmake) and point the card's
 ``vtm_dir`` (or ``$VCMBENCH_VTM_DIR``) at the source tree or its ``bin/`` folder,
 or give ``encoder``/``decoder``/``cfg`` paths one by one. VTM has no
 multithreading; the runner runs one encode per core.
+
+The QP is the slice QP of images and all-intra clips (``encoder_intra_vtm.cfg`` has no intra QP
+offset) and the CTC base QP of random-access and low-delay clips (their cfgs: intra picture at QP - 3
+and QP - 1, inter pictures at QP plus the GOP table's offsets), as for VVenC and x265 (:mod:`vcmbench.codecs.ffmpeg`).
+``--ConformanceWindowMode=1`` is passed explicitly: VTM pads the (even) picture to its minimum CU size and
+signals a conformance window. VTM 8-12 default to 0 and refuse sizes that are not multiples of 8; later
+versions default to 1, so the flag changes no bitstream they wrote.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from ..media.hashing import file_sha256
 from ..registry import register
 from .base import find_executable
 from .external import YUVCodec
+from .ffmpeg import slice_qp_meta
 
 #: the configuration file of each coding structure of a clip (in VTM's cfg/); images use ``cfg_name``
 VIDEO_CFG_NAMES = {"ai": "encoder_intra_vtm.cfg", "ra": "encoder_randomaccess_vtm.cfg",
@@ -152,9 +160,13 @@ class VTMCodec(YUVCodec):
         return [
             str(self.encoder), "-c", str(cfg), "-i", str(src), "-wdt", str(width), "-hgt", str(height),
             "-fr", str(max(1, round(fps))), "-f", str(frames), f"--InputBitDepth={bd}", f"--OutputBitDepth={bd}",
-            f"--InternalBitDepth={bd}", "--InputChromaFormat=420", "-q", str(quality), "-b", str(dst), "-o", "",
-            *structure, *self.extra_args,
+            f"--InternalBitDepth={bd}", "--InputChromaFormat=420", "--ConformanceWindowMode=1",
+            "-q", str(quality), "-b", str(dst), "-o", "", *structure, *self.extra_args,
         ]  # fmt: skip
 
     def decode_command(self, src: Path, dst: Path, width: int, height: int) -> list[str]:
         return [str(self.decoder), "-b", str(src), "-o", str(dst), "-d", str(self.fmt.bit_depth)]
+
+    def clip_meta(self, data: bytes) -> dict[str, Any]:
+        """The slice QPs of a coded clip, read by ffmpeg's VVC header parser (where an ffmpeg is found)."""
+        return slice_qp_meta(data, "vvc")

@@ -109,6 +109,13 @@ class CityscapesDataset(Dataset):
     def panoptic_image_id(self, item_id: str) -> str:
         return item_id
 
+    def categories(self) -> list[dict[str, Any]]:
+        """The 19 evaluated classes, by Cityscapes label id (those of the panoptic ground truth: cityscapesscripts'
+        labels not ``ignoreInEval``)."""
+        from cityscapesscripts.helpers.labels import labels
+
+        return [{"id": int(lb.id), "name": str(lb.name)} for lb in labels if not lb.ignoreInEval]
+
     # ---- panoptic ground truth ------------------------------------------------------------------
     def _cache_root(self) -> Path:
         if self.cache is not None:

@@ -24,6 +24,7 @@ from ..synth.generate import (
     SPLITS,
     THINGS,
     YUV_FORMAT,
+    categories_instances,
     config_from_settings,
     default_cache_root,
     ensure_split,
@@ -75,6 +76,10 @@ class SynthDataset(CocoDataset):
                 f"dataset {self.name}: cannot generate the synthetic split {self.split!r} in {self.cache} ({exc}). "
                 "Fix: set VCMBENCH_CACHE (or `root:` in datasets/synth.yaml) to a writable folder"
             ) from None
+
+    def categories(self) -> list[dict[str, Any]]:
+        """The thing categories the generator writes (known without generating the data)."""
+        return [dict(c) for c in categories_instances()]
 
     def check(self) -> None:
         self.ensure()

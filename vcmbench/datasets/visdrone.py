@@ -130,6 +130,10 @@ class VisDroneDataset(Dataset):
             self.check()
         return self._ids[item_id]
 
+    def categories(self) -> list[dict[str, Any]]:
+        """The 10 evaluated classes, VisDrone's ids 1..10 (the :class:`~vcmbench.contracts.Categories` contract)."""
+        return [{"id": cid, "name": name} for cid, name in CATEGORIES]
+
     def coco_dict(self) -> dict[str, Any]:
         """The ground truth as a COCO instances dict (see the module docstring for the mapping)."""
         images, anns = [], []
@@ -151,7 +155,7 @@ class VisDroneDataset(Dataset):
                              "truncation": trunc, "occlusion": occ})  # fmt: skip
         for i, a in enumerate(anns, start=1):
             a["id"] = i
-        cats = [{"id": cid, "name": name, "supercategory": "visdrone"} for cid, name in CATEGORIES]
+        cats = [dict(c, supercategory="visdrone") for c in self.categories()]
         return {"images": images, "annotations": anns, "categories": cats}
 
     def coco_gt(self) -> Any:

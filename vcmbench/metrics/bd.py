@@ -1,7 +1,8 @@
 """Bjontegaard delta (BD) metrics between two rate-metric curves: BD-rate and BD-metric.
 
 Both numbers compare an *anchor* curve with a *test* curve, each given by a few measured points
-``(rate, metric)``. Rates go on a log10 axis; the metric (PSNR, mAP, ...) is assumed higher-is-better.
+``(rate, metric)``. Rates go on a log10 axis. :func:`bd_rate` and :func:`bd_metric` return the plain
+differences below; :func:`compare_curves` signs them for the metric's direction (see "Metric direction").
 
 * **BD-rate** (:func:`bd_rate`): for each curve, log10(rate) is interpolated as a function of the
   metric; the difference test - anchor is averaged over the metric interval covered by *both* curves, and
@@ -49,6 +50,56 @@ Interpolation methods (``method=``)
     The result equals ``bjontegaard.bd_rate(..., method="akima")``, which uses SciPy's
     ``Akima1DInterpolator`` in its default ``"akima"`` (not ``"makima"``) mode.
 
+When a BD value is defined (:func:`compare_curves`)
+---------------------------------------------------
+VCEG-M33 fits a cubic through 4 points per curve, and the JVET common test conditions (JVET-T2010) code 4
+QPs per sequence: the method is defined for curves of at least 4 points that cover much the same range.
+:func:`compare_curves` therefore leaves a value empty (``nan``, with a short reason in
+:attr:`BDResult.rate_note` / :attr:`BDResult.metric_note`) when a curve has fewer than ``min_points``
+(default 4) points, or when the curves overlap on the axis the value is averaged over (the metric axis
+for BD-rate, the log-rate axis for BD-metric) by less than ``min_overlap`` (default 0.5) of the range
+covered by either curve (the overlap measure of the ``bjontegaard`` package, which warns below 0.75).
+Why 0.5: below it, the value averages over a corner of the comparison, not over most of it; two codecs
+coded at the same QP ladder spanning L decades of rate, with rates up to 2x apart, still overlap by at
+least (L - 0.3) / (L + 0.3), i.e. 0.5 for L = 0.9 decades (a QP 22-37 ladder); the reports quoted before
+this rule rested on overlaps of 3-17 %. ``allow_short=True`` computes such values anyway and marks them
+in the note. :func:`bd_rate` / :func:`bd_metric` stay the plain computation (as the ``bjontegaard``
+package: 2 points suffice for pchip and akima).
+
+Metric direction
+----------------
+A metric is higher-is-better unless declared lower-is-better (``lower_is_better=True``; tasks declare it
+in ``Task.lower_is_better``, e.g. face recall, the privacy metric: fewer faces found again = more
+private). :func:`compare_curves` reports both values so that the sign means the same for every metric:
+
+* ``bd_rate`` negative = the test codec is better. For a metric that improves as the rate rises (mAP,
+  PSNR; MSE falling) this is the usual BD-rate, test rate relative to anchor rate at equal metric. For a
+  metric that worsens as the rate rises (face recall rises with the rate but lower is better), needing
+  *more* bits for the same recall is the better result, so the mean log-rate difference is negated:
+  the value is the anchor's rate relative to the test's at equal metric.
+* ``bd_metric`` positive = the test codec is better: the mean of test - anchor at equal rate for a
+  higher-is-better metric, of anchor - test for a lower-is-better one (a privacy gain is positive).
+
+Whether a metric rises or falls with the rate is read from the anchor curve (its value at its highest
+rate against its lowest; the test curve's if that is a tie).
+
+Monotone fit (``fit="monotone"``)
+---------------------------------
+The MPEG VCM common test conditions' reporting scripts (CompressAI-Vision,
+``scripts/metrics/curve_fitting.py`` and ``cubic_polynomial.py``, used by ``gen_mpeg_cttc_csv.py
+--mode VCM`` for every curve) replace each curve's accuracy values by a constrained least-squares cubic
+in log10(rate) before the BD computation: H. Wang et al., "Improvements of the BD-Rate Metrics Using
+Monotonic Curve-Fitting Methods", Picture Coding Symposium (PCS) 2024, doi:10.1109/PCS60826.2024.10566370
+(MPEG WG 4 contribution m63692). The cubic ``f`` minimises the sum of squared residuals at the measured
+points subject to, at every measured log-rate ``x_i``: ``f'(x_i) >= 0`` (rising) and ``f''(x_i) <= 0``
+(concave), plus ``f(x_first) >= m_min`` and ``f(x_last) <= m_max`` (the script: 0 and 100, accuracy in
+percent). :func:`monotone_fit` solves that same convex problem (to a tight tolerance, in scaled
+coordinates; the optimum does not depend on the scaling). Bounds: 0 and 1 for a metric whose values all
+lie in [0, 1] (a fraction: the script's percent), 0 and 100 for one within [0, 100] (the script's own),
+none otherwise. The fitted points (measured rates, fitted metric) are then interpolated with
+``method`` as usual. For a metric that falls with the rate the fit is made on the negated values.
+The default, ``fit="measured"``, interpolates the measured points themselves.
+
 Curves that are not monotonic
 -----------------------------
 Points are sorted by rate internally, so input order never matters. BD-metric interpolates the metric
@@ -73,21 +124,31 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 from scipy.interpolate import CubicHermiteSpline
+from scipy.optimize import minimize
 
-__all__ = ["BDResult", "METHODS", "Method", "bd_metric", "bd_rate", "compare_curves", "min_points"]
+__all__ = [
+    "BDResult", "DEFAULT_MIN_OVERLAP", "DEFAULT_MIN_POINTS", "FITS", "Fit", "METHODS", "Method", "bd_metric",
+    "bd_rate", "compare_curves", "fit_bounds", "min_points", "monotone_fit",
+]  # fmt: skip
 
 Method = Literal["pchip", "cubic", "akima"]
 METHODS: tuple[str, ...] = get_args(Method)
+Fit = Literal["measured", "monotone"]
+FITS: tuple[str, ...] = get_args(Fit)
 
 Values = Sequence[float] | np.ndarray
 
 _MIN_POINTS: dict[str, int] = {"pchip": 2, "akima": 2, "cubic": 4}
 # Akima weights summing to less than this fraction of the curve's largest weight sum count as zero.
 _AKIMA_ZERO = 1e-9
+#: points per curve below which compare_curves leaves BD values empty (VCEG-M33; JVET CTC: 4 QPs)
+DEFAULT_MIN_POINTS = 4
+#: shared share of the range covered by either curve below which compare_curves leaves a value empty
+DEFAULT_MIN_OVERLAP = 0.5
 
 
 def min_points(method: Method) -> int:
@@ -100,12 +161,17 @@ def min_points(method: Method) -> int:
 class BDResult:
     """Outcome of :func:`compare_curves`.
 
-    ``bd_rate`` is in percent and ``bd_metric`` is in metric units; each is ``nan`` when it cannot be
-    computed, and ``warnings`` then says why. ``bd_rate`` is ``inf`` (with a warning) when a wildly
-    overshooting fit, typically cubic, makes 10**(mean log-rate difference) overflow.
-    ``rate_overlap`` / ``metric_overlap`` are the length of the interval covered by both curves divided
-    by the length of the interval covered by either, on the log-rate and the metric axis (0 = disjoint,
-    1 = same range; ``nan`` if the curve data were unusable).
+    ``bd_rate`` is in percent and ``bd_metric`` is in metric units, signed so that ``bd_rate < 0`` and
+    ``bd_metric > 0`` mean the test codec is better whatever the metric's direction (see the module
+    docstring). Each is ``nan`` when it is not computed, and ``rate_note`` / ``metric_note`` then say why
+    in a few words ("test: 2 points < 4", "metric overlap 17% < 50%"); a value computed although a rule
+    says it should not be (``allow_short``) is kept and its note starts with "allowed:". ``warnings`` are
+    the same findings, and others (non-monotonic curves), as sentences. ``bd_rate`` is ``inf`` (with a
+    warning) when a wildly overshooting fit, typically cubic, makes 10**(mean log-rate difference)
+    overflow. ``rate_overlap`` / ``metric_overlap`` are the length of the interval covered by both curves
+    divided by the length of the interval covered by either, on the log-rate and the metric axis
+    (0 = disjoint, 1 = same range; ``nan`` if the curve data were unusable). ``fit`` is the curve fit
+    (``"measured"`` or ``"monotone"``) and ``lower_is_better`` the metric's declared direction.
     """
 
     bd_rate: float
@@ -114,6 +180,18 @@ class BDResult:
     rate_overlap: float
     metric_overlap: float
     warnings: tuple[str, ...]
+    rate_note: str = ""
+    metric_note: str = ""
+    fit: str = "measured"
+    lower_is_better: bool = False
+
+
+class _Undefined(ValueError):
+    """A BD value the curve data leave undefined; ``short`` is the reason in a few words."""
+
+    def __init__(self, message: str, short: str) -> None:
+        super().__init__(message)
+        self.short = short
 
 
 @dataclass(frozen=True)
@@ -265,10 +343,11 @@ def _require_distinct(
     """Raise if the sorted abscissae ``x`` of curve ``name`` repeat a value (``shown``: x in user units)."""
     dup = np.nonzero(np.diff(x) <= 0)[0]
     if dup.size:
-        raise ValueError(
+        raise _Undefined(
             f"{quantity} is undefined: the {name} curve has two points with the same {axis} "
             f"{_fmt(shown[dup[0]])}, so its {other} is not a function of the {axis}; "
-            "remove or merge one of them"
+            "remove or merge one of them",
+            f"{name}: two points with {axis} {_fmt(shown[dup[0]])}",
         )
 
 
@@ -276,10 +355,11 @@ def _bd_log_rate(anchor: _Curve, test: _Curve, method: str) -> float:
     """Mean log10-rate difference test - anchor over the shared metric interval."""
     ov = _overlap(anchor.metric, test.metric)
     if ov.hi <= ov.lo:
-        raise ValueError(
+        raise _Undefined(
             "BD-rate is undefined: the curves do not overlap on the metric axis (anchor covers "
             f"{_fmt(anchor.metric.min())} to {_fmt(anchor.metric.max())}, test covers "
-            f"{_fmt(test.metric.min())} to {_fmt(test.metric.max())})"
+            f"{_fmt(test.metric.min())} to {_fmt(test.metric.max())})",
+            "no metric overlap",
         )
     means = []
     for c in (anchor, test):
@@ -294,10 +374,11 @@ def _bd_metric(anchor: _Curve, test: _Curve, method: str) -> float:
     """Mean metric difference test - anchor over the shared log10-rate interval."""
     ov = _overlap(anchor.log_rate, test.log_rate)
     if ov.hi <= ov.lo:
-        raise ValueError(
+        raise _Undefined(
             "BD-metric is undefined: the curves do not overlap on the rate axis (anchor covers "
             f"{_fmt(anchor.rate.min())} to {_fmt(anchor.rate.max())}, test covers "
-            f"{_fmt(test.rate.min())} to {_fmt(test.rate.max())})"
+            f"{_fmt(test.rate.min())} to {_fmt(test.rate.max())})",
+            "no rate overlap",
         )
     means = []
     for c in (anchor, test):
@@ -355,33 +436,215 @@ def bd_metric(
     return float(_bd_metric(anchor, test, method))
 
 
-def _monotonicity_notes(c: _Curve, max_places: int = 3) -> list[str]:
-    """Plain-English notes on where the metric of curve ``c`` fails to rise with rate."""
+def _trend(anchor: _Curve, test: _Curve) -> int:
+    """+1 if the metric rises with the rate, -1 if it falls: the anchor's last point (by rate) against its
+    first, the test's if those tie, else +1."""
+    for c in (anchor, test):
+        step = c.metric[-1] - c.metric[0]
+        if step:
+            return 1 if step > 0 else -1
+    return 1
+
+
+def _monotonicity_notes(c: _Curve, trend: int, max_places: int = 3) -> list[str]:
+    """Plain-English notes on where the metric of curve ``c`` fails to move with the rate the way the
+    comparison's ``trend`` says (rise for +1, fall for -1)."""
     dm = np.diff(c.metric)
     dr = np.diff(c.rate)
-    bad = np.nonzero((dm <= 0) & (dr > 0))[0]
+    bad = np.nonzero((dm * trend <= 0) & (dr > 0))[0]
     if bad.size == 0:
         return []
-    if bad.size == dm.size and np.all(dm < 0):
-        return [
-            f"The {c.name} curve's metric falls at every step as the rate rises. BD values assume a "
-            "higher-is-better metric: if lower is better for this metric (e.g. MSE or LPIPS), "
-            "negate it first."
-        ]
     places = []
     for k in bad[:max_places]:
         r0, r1, m0, m1 = _fmt(c.rate[k]), _fmt(c.rate[k + 1]), _fmt(c.metric[k]), _fmt(c.metric[k + 1])
-        if dm[k] < 0:
-            places.append(f"it falls from {m0} at rate {r0} to {m1} at rate {r1}")
-        else:
+        if dm[k] == 0:
             places.append(f"it stays at {m0} from rate {r0} to rate {r1}")
+        else:
+            places.append(
+                f"it {'falls' if dm[k] < 0 else 'rises'} from {m0} at rate {r0} to {m1} at rate {r1}"
+            )
     more = f" (and at {bad.size - max_places} more places)" if bad.size > max_places else ""
     return [
-        f"The {c.name} curve is not monotonic (its metric does not always rise with the rate): "
-        f"{'; '.join(places)}"
-        f"{more}. All points are still used (for BD-rate they are taken in order of metric value), so "
-        "treat the BD values for this curve with care."
+        f"The {c.name} curve is not monotonic (its metric does not always {'rise' if trend > 0 else 'fall'} "
+        f"with the rate): {'; '.join(places)}{more}. All points are still used (for BD-rate they are taken "
+        "in order of metric value; fit='monotone' smooths them first), so treat the BD values for this "
+        "curve with care."
     ]
+
+
+def _direction_notes(trend: int, lower_is_better: bool) -> list[str]:
+    """A note when a metric declared higher-is-better falls as the rate rises (an undeclared distortion?)."""
+    if trend > 0 or lower_is_better:
+        return []
+    return [
+        "The metric falls as the rate rises although it is taken as higher-is-better, so a better codec "
+        "would need more bits for the same value. If lower is better for this metric (e.g. MSE or LPIPS), "
+        "declare it (Task.lower_is_better, or --lower-is-better in the report)."
+    ]
+
+
+def fit_bounds(values: Values) -> tuple[float, float]:
+    """The monotone fit's bounds for a metric with these values: (0, 1) for a fraction, (0, 100) for a
+    metric within [0, 100] (the CTC script's bounds, accuracy in percent), unbounded otherwise."""
+    v = np.asarray(values, dtype=float)
+    for hi in (1.0, 100.0):
+        if v.size and v.min() >= 0.0 and v.max() <= hi:
+            return 0.0, hi
+    return -math.inf, math.inf
+
+
+def monotone_fit(rate: Values, metric: Values, bounds: tuple[float, float] = (0.0, 100.0)) -> np.ndarray:
+    """The metric values of the MPEG VCM CTC's monotone cubic fit at the given rates (same order).
+
+    Solves the problem of CompressAI-Vision's ``scripts/metrics/cubic_polynomial.py: fit_cubic`` (H. Wang
+    et al., PCS 2024, doi:10.1109/PCS60826.2024.10566370): the cubic ``f`` in x = log10(rate) that
+    minimises ``sum (f(x_i) - metric_i)**2`` subject to ``f'(x_i) >= 0`` and ``f''(x_i) <= 0`` at every
+    point, ``f(x_lowest) >= bounds[0]`` and ``f(x_highest) <= bounds[1]``. The script starts SLSQP from
+    (1, 1, 1, 1) on raw values with its default tolerance; here SLSQP starts from the unconstrained
+    least-squares cubic in centred and scaled coordinates (the constraints keep their meaning under
+    positive affine maps of either axis, so the optimum is the same) with a tight tolerance. The problem
+    is a convex quadratic programme, so its optimum is unique with 4 or more distinct rates.
+
+    Raises:
+        ValueError: fewer than 4 distinct rates, a non-positive rate, or the optimiser did not converge.
+    """
+    x = np.log10(np.asarray(rate, dtype=float))
+    y = np.asarray(metric, dtype=float)
+    if np.unique(x).size < 4 or x.size != y.size:
+        raise ValueError(f"the monotone fit needs at least 4 points with distinct rates, got {x.size}")
+    cx, sx = float(x.mean()), float(x.std())
+    cy, sy = float(y.mean()), float(y.std()) or 1.0
+    u, v = (x - cx) / sx, (y - cy) / sy
+    basis = np.vander(u, 4, increasing=True)  # f(u) = c0 + c1 u + c2 u^2 + c3 u^3
+    constraints = _fit_constraints(u, ((bounds[0] - cy) / sy, (bounds[1] - cy) / sy), basis)
+    start = np.linalg.lstsq(basis, v, rcond=None)[0]
+    res = minimize(
+        lambda c: float(np.sum((basis @ c - v) ** 2)), start, jac=lambda c: 2.0 * basis.T @ (basis @ c - v),
+        method="SLSQP", constraints=constraints, options={"ftol": 1e-15, "maxiter": 1000},
+    )  # fmt: skip
+    if not res.success:
+        raise ValueError(f"the monotone fit did not converge ({res.message})")
+    return cy + sy * (basis @ res.x)
+
+
+def _fit_constraints(u: np.ndarray, bounds: tuple[float, float], basis: np.ndarray) -> list[dict[str, Any]]:
+    """SLSQP inequality constraints (``fun(c) >= 0``) of :func:`monotone_fit` in scaled coordinates."""
+    zero, one = np.zeros_like(u), np.ones_like(u)
+    slope = np.column_stack([zero, one, 2.0 * u, 3.0 * u**2])  # f'(u_i) >= 0
+    curvature = -np.column_stack([zero, zero, 2.0 * one, 6.0 * u])  # -f''(u_i) >= 0
+    rows = [slope, curvature]
+    lo_row, hi_row = basis[np.argmin(u)], basis[np.argmax(u)]
+    if math.isfinite(bounds[0]):
+        rows.append(np.append(lo_row, -bounds[0])[None, :])  # f(u_lowest) - lo >= 0
+    if math.isfinite(bounds[1]):
+        rows.append(np.append(-hi_row, bounds[1])[None, :])  # hi - f(u_highest) >= 0
+    out = []
+    for m in rows:
+        a, b = (m[:, :4], m[:, 4]) if m.shape[1] == 5 else (m, np.zeros(len(m)))
+        out.append({"type": "ineq", "fun": lambda c, a=a, b=b: a @ c + b, "jac": lambda c, a=a: a})
+    return out
+
+
+def _fit_pair(anchor: _Curve, test: _Curve, trend: int) -> tuple[_Curve, _Curve]:
+    """Both curves with their metric replaced by :func:`monotone_fit` (made on ``trend`` x metric)."""
+    lo, hi = fit_bounds(np.concatenate([anchor.metric, test.metric]))
+    bounds = (lo, hi) if trend > 0 else (-hi, -lo)
+    out = []
+    for c in (anchor, test):
+        try:
+            fitted = trend * monotone_fit(c.rate, trend * c.metric, bounds)
+        except ValueError as exc:
+            raise _Undefined(
+                f"the {c.name} curve cannot be given the monotone fit: {exc}", "monotone fit failed"
+            ) from None
+        out.append(_Curve(c.name, c.rate, c.log_rate, fitted))
+    return out[0], out[1]
+
+
+def _points(n: int) -> str:
+    return f"{n} point{'' if n == 1 else 's'}"
+
+
+def _count_reason(name: str, values: object, need: int) -> str:
+    """``"test: 2 points < 4"`` when a curve given as ``values`` has fewer than ``need`` points, else ""."""
+    try:
+        n = len(values)  # type: ignore[arg-type]
+    except TypeError:
+        return ""
+    return f"{name}: {_points(n)} < {need}" if n < need else ""
+
+
+def _short_curves(anchor: _Curve, test: _Curve, need: int, allow: bool) -> tuple[list[str], list[str]]:
+    """(short reasons, sentences) for curves with fewer than ``need`` points."""
+    reasons, notes = [], []
+    for c in (anchor, test):
+        if c.rate.size < need:
+            reasons.append(_count_reason(c.name, c.rate, need))
+            notes.append(
+                f"The {c.name} curve has {_points(c.rate.size)}; a BD value needs at least {need} per curve "
+                "(VCEG-M33; the JVET common test conditions code 4 QPs)"
+                + (
+                    "; computed anyway (allow_short)."
+                    if allow
+                    else ", so BD-rate and BD-metric are left empty."
+                )
+            )
+    return reasons, notes
+
+
+def _thin_overlap(
+    fraction: float, need: float, axis: str, value: str, allow: bool
+) -> tuple[list[str], list[str]]:
+    """(short reason, sentence) when the curves share less than ``need`` of the combined ``axis`` range."""
+    if not 0.0 < fraction < need:
+        return [], []
+    tail = (
+        f"; the {value} is computed anyway (allow_short), averaged over that short stretch only."
+        if allow
+        else f", so the {value} is left empty."
+    )
+    return [f"{axis} overlap {fraction:.0%} < {need:.0%}"], [
+        f"The curves barely overlap on the {axis} axis: {_share(fraction)} of the combined {axis} range is "
+        f"shared (minimum {need:.0%}){tail}"
+    ]
+
+
+def _value(compute: Any, anchor: _Curve, test: _Curve, method: str, reasons: list[str], allow: bool,
+           notes: list[str]) -> tuple[float, str]:  # fmt: skip
+    """One BD value and its note: ``nan`` with the reason when undefined or (unless ``allow``) ruled out."""
+    try:
+        value = compute(anchor, test, method)
+    except _Undefined as exc:
+        notes.append(_sentence(str(exc)))
+        return math.nan, "; ".join([*reasons, exc.short])
+    if reasons and not allow:
+        return math.nan, "; ".join(reasons)
+    return float(value), ("allowed: " + "; ".join(reasons)) if reasons else ""
+
+
+def _check_args(method: str, fit: str, min_overlap: float, need: int) -> None:
+    _check_method(method)
+    if fit not in FITS:
+        raise ValueError(f"unknown BD curve fit {fit!r}; use one of {', '.join(FITS)}")
+    if not 0.0 <= min_overlap <= 1.0:
+        raise ValueError(f"min_overlap must be a fraction between 0 and 1, got {min_overlap!r}")
+    if need < 1:
+        raise ValueError(f"min_points must be at least 1, got {need!r}")
+
+
+def _valid_curves(
+    named: Sequence[tuple[str, Values, Values]], method: str, need: int, notes: list[str]
+) -> tuple[list[_Curve], str]:
+    """The curves that pass validation, and the short reason for those that do not (a count below
+    ``need`` first: it is the reason a reader can act on)."""
+    curves, reasons = [], []
+    for name, rate, metric in named:
+        try:
+            curves.append(_curve(name, rate, metric, method))
+        except ValueError as exc:
+            notes.append(_sentence(str(exc)))
+            reasons.append(_count_reason(name, rate, need) or f"{name}: invalid curve data")
+    return curves, "; ".join(reasons)
 
 
 def compare_curves(
@@ -390,74 +653,91 @@ def compare_curves(
     rate_test: Values,
     metric_test: Values,
     method: Method = "pchip",
-    min_overlap: float = 0.2,
+    min_overlap: float = DEFAULT_MIN_OVERLAP,
+    *,
+    min_points: int = DEFAULT_MIN_POINTS,
+    allow_short: bool = False,
+    fit: Fit = "measured",
+    lower_is_better: bool = False,
 ) -> BDResult:
-    """Never raises for bad curves: fills warnings and uses nan when not computable.
+    """BD-rate and BD-metric where the method defines them; never raises for bad curves.
 
-    Computes BD-rate and BD-metric like :func:`bd_rate` / :func:`bd_metric` and adds user-facing warnings
-    for curves that do not overlap (the affected value becomes ``nan``), for overlaps smaller than
-    ``min_overlap`` (fraction of the combined range, on either axis; the value is still computed), for
-    non-monotonic curves (still computed from all points), and for invalid curve data (both values
-    ``nan``).
+    Computes the values like :func:`bd_rate` / :func:`bd_metric` (after the monotone fit with
+    ``fit="monotone"``), signed for the metric's direction (``bd_rate < 0`` and ``bd_metric > 0``: the
+    test is better; see the module docstring). A value is ``nan``, with its reason in the result's note,
+    when a curve has fewer than ``min_points`` points or the curves share less than ``min_overlap`` of the
+    range covered by either on the axis the value is averaged over (metric axis for BD-rate, log-rate
+    axis for BD-metric); ``allow_short=True`` computes it anyway and says so in the note. It is also
+    ``nan`` when undefined (no overlap at all, repeated values, invalid curve data). Non-monotonic curves
+    are computed from all points, with a warning naming the places.
 
     Raises:
-        ValueError: only for bad arguments that are not curve data: an unknown ``method`` or a
-            ``min_overlap`` outside [0, 1].
+        ValueError: only for bad arguments that are not curve data: an unknown ``method`` or ``fit``, a
+            ``min_overlap`` outside [0, 1] or a ``min_points`` below 1.
     """
-    _check_method(method)
-    if not 0.0 <= min_overlap <= 1.0:
-        raise ValueError(f"min_overlap must be a fraction between 0 and 1, got {min_overlap!r}")
-
+    _check_args(method, fit, min_overlap, min_points)
     notes: list[str] = []
-    curves: list[_Curve] = []
-    for name, rate, metric in (("anchor", rate_anchor, metric_anchor), ("test", rate_test, metric_test)):
-        try:
-            curves.append(_curve(name, rate, metric, method))
-        except ValueError as exc:
-            notes.append(_sentence(str(exc)))
+    named = (("anchor", rate_anchor, metric_anchor), ("test", rate_test, metric_test))
+    curves, invalid = _valid_curves(named, method, min_points, notes)
     if len(curves) < 2:
         notes.append("BD-rate and BD-metric cannot be computed.")
-        return BDResult(math.nan, math.nan, method, math.nan, math.nan, tuple(notes))
-
+        return BDResult(math.nan, math.nan, method, math.nan, math.nan, tuple(notes), invalid, invalid, fit,
+                        lower_is_better)  # fmt: skip
     anchor, test = curves
+    trend = _trend(anchor, test)
+    for c in curves:
+        notes.extend(_monotonicity_notes(c, trend))
+    notes.extend(_direction_notes(trend, lower_is_better))
+    if fit == "monotone":
+        try:
+            anchor, test = _fit_pair(anchor, test, trend)
+        except _Undefined as exc:
+            notes.append(_sentence(str(exc)))
+            return BDResult(math.nan, math.nan, method, math.nan, math.nan, tuple(dict.fromkeys(notes)), exc.short,
+                            exc.short, fit, lower_is_better)  # fmt: skip
     rate_ov = _overlap(anchor.log_rate, test.log_rate).fraction
     metric_ov = _overlap(anchor.metric, test.metric).fraction
-    for c in curves:
-        notes.extend(_monotonicity_notes(c))
-    for axis, fraction, value in (("metric", metric_ov, "BD-rate"), ("rate", rate_ov, "BD-metric")):
-        if 0.0 < fraction < min_overlap:
-            notes.append(
-                f"The curves barely overlap on the {axis} axis: {_share(fraction)} of the combined {axis} "
-                f"range is shared (minimum {min_overlap:.0%}). The {value} is averaged over that short "
-                "stretch only and rests on few points of each curve."
-            )
-
-    values: list[float] = []
-    for compute in (_bd_log_rate, _bd_metric):
-        try:
-            values.append(compute(anchor, test, method))
-        except ValueError as exc:
-            values.append(math.nan)
-            notes.append(_sentence(str(exc)))
+    short, short_notes = _short_curves(anchor, test, min_points, allow_short)
+    notes.extend(short_notes)
+    values, value_notes = [], []
+    for compute, ov, axis, name in (
+        (_bd_log_rate, metric_ov, "metric", "BD-rate"),
+        (_bd_metric, rate_ov, "rate", "BD-metric"),
+    ):
+        thin, thin_notes = _thin_overlap(ov, min_overlap, axis, name, allow_short)
+        notes.extend(thin_notes)
+        value, note = _value(compute, anchor, test, method, short + thin, allow_short, notes)
+        values.append(value)
+        value_notes.append(note)
     log_rate_delta, metric_delta = values
+    if lower_is_better != (trend < 0):  # worse with more bits: more bits for the same value is the gain
+        log_rate_delta = -log_rate_delta
     rate_pct = _log_rate_delta_to_percent(log_rate_delta) if math.isfinite(log_rate_delta) else math.nan
     if math.isinf(rate_pct):
-        notes.append(
-            "The BD-rate is too large to represent (it overflowed to infinity): the interpolated curves are "
-            "orders of magnitude apart in rate"
-            + (
-                ", most likely because the cubic fit overshoots; try pchip or akima."
-                if method == "cubic"
-                else "."
-            )
-        )
+        notes.append(_overflow_note(method))
     return BDResult(
         bd_rate=float(rate_pct),
-        bd_metric=float(metric_delta),
+        bd_metric=float(-metric_delta if lower_is_better else metric_delta),
         method=method,
         rate_overlap=rate_ov,
         metric_overlap=metric_ov,
         warnings=tuple(dict.fromkeys(notes)),
+        rate_note=value_notes[0],
+        metric_note=value_notes[1],
+        fit=fit,
+        lower_is_better=lower_is_better,
+    )
+
+
+def _overflow_note(method: str) -> str:
+    return (
+        "The BD-rate is too large to represent (it overflowed to infinity): the interpolated curves are "
+        "orders of magnitude apart in rate"
+        + (
+            ", most likely because the cubic fit overshoots; try pchip or akima."
+            if method == "cubic"
+            else "."
+        )
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -59,7 +60,33 @@ def with_psnr_rows(df: pd.DataFrame) -> pd.DataFrame:
     if pts.empty:
         return df
     extra = pts.assign(metric="psnr", value=pts.psnr)
+    if "lower_is_better" in extra.columns:
+        extra = extra.assign(lower_is_better=False)
     return pd.concat([df, extra], ignore_index=True)
+
+
+def lower_is_better(df: pd.DataFrame, declared: Sequence[str] = ()) -> frozenset[str]:
+    """Metrics (base names: ``map`` for ``map/ClassA``) where lower is better: those the table marks in its
+    ``lower_is_better`` column (written from each task's ``Task.lower_is_better``) plus ``declared`` (e.g.
+    ``--lower-is-better face_recall``, for tables written before that column existed). Every other metric
+    is higher-is-better."""
+    marked: set[str] = set(declared)
+    if "lower_is_better" in df.columns:
+        flags = df.lower_is_better.astype(str).str.lower().isin(["true", "1"])
+        marked |= {str(m).split("/", 1)[0] for m in df.metric[flags]}
+    return frozenset(marked)
+
+
+def direction_note(df: pd.DataFrame, declared: Sequence[str] = ()) -> str | None:
+    """A note for tables that do not record every metric's direction (no ``lower_is_better`` column, or
+    empty cells: units scored before it was recorded); such metrics count as higher-is-better unless
+    declared or marked on another row."""
+    if "lower_is_better" in df.columns and df.lower_is_better.notna().all():
+        return None
+    where = "has no lower_is_better column" if "lower_is_better" not in df.columns else "leaves lower_is_better empty on some rows"
+    also = f" except {', '.join(declared)} (--lower-is-better)" if declared else ""
+    return (f"this results table {where} (written before metric directions were recorded): those metrics are "
+            f"taken as higher-is-better{also}")  # fmt: skip
 
 
 def headline(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataFrame:

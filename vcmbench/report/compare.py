@@ -4,24 +4,27 @@ Rules (``--fail``), in the spirit of asv's ``compare``:
 
 - ``bd_rate:+1.0`` fails when a codec's BD-rate of NEW against BASELINE (same
   dataset, task, metric) is above +1.0 % (more bits for the same accuracy);
-- ``<metric>:-0.01`` (e.g. ``map:-0.01``) fails when a point's metric drops by
-  more than 0.01 (same dataset, task, codec, quality; the uncompressed point included);
+- ``<metric>:-0.01`` (e.g. ``map:-0.01``) fails when a point's metric gets worse by
+  more than 0.01 (same dataset, task, codec, quality; the uncompressed point included):
+  drops for a higher-is-better metric, rises for a lower-is-better one (``face_recall``);
 - ``bpp:+2.0`` fails when a point's bpp rises by more than 2 %.
 
-A curve or point of the baseline missing from NEW also fails.
+A curve or point of the baseline missing from NEW also fails. BD values follow
+:mod:`vcmbench.metrics.bd` (empty, with the reason, for curves of fewer than 4 points or
+overlapping too little, unless ``allow_short``), signed so that a positive BD-rate is a
+regression whatever the metric's direction.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
 from ..errors import VcmbenchError
-from ..metrics.bd import compare_curves
-from .tables import curves, format_table
+from .tables import BDOptions, curves, format_table
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,30 @@ class Comparison:
         return "\n\n".join(parts)
 
 
+def _is_lower(metric: str, lower: frozenset[str]) -> bool:
+    """Whether lower is better for ``metric`` (a grouped ``map/ClassA`` goes by ``map``)."""
+    return str(metric).split("/", 1)[0] in lower
+
+
+def _point_violation(label: str, old: float, new: float, threshold: float, lower: bool) -> str:
+    if not lower:
+        return f"{label}: {old:.4f} -> {new:.4f} ({new - old:+.4f} < {threshold:+g})"
+    return f"{label}: {old:.4f} -> {new:.4f} ({new - old:+.4f}; lower is better: a loss of {new - old:.4f} > {-threshold:g})"
+
+
 def compare(
-    baseline: pd.DataFrame, new: pd.DataFrame, rules: Sequence[Rule], method: str = "pchip"
+    baseline: pd.DataFrame,
+    new: pd.DataFrame,
+    rules: Sequence[Rule],
+    method: str | None = None,
+    *,
+    options: BDOptions | None = None,
+    lower: frozenset[str] = frozenset(),
 ) -> Comparison:
+    """Check NEW against BASELINE under ``rules``; ``lower``: metrics (base names) where lower is better."""
+    opts = options or BDOptions()
+    if method is not None:
+        opts = replace(opts, method=method)
     idx = ["dataset", "task", "codec", "quality", "metric"]
     b = baseline.assign(quality=baseline.quality.fillna("")).set_index(idx)
     n = new.assign(quality=new.quality.fillna("")).set_index(idx)
@@ -100,11 +124,11 @@ def compare(
             else math.nan
         )
         status = "ok"
-        if metric in metric_rules and dv < metric_rules[metric] - 1e-12:
+        gain = -dv if _is_lower(metric, lower) else dv
+        if metric in metric_rules and gain < metric_rules[metric] - 1e-12:
             status = "FAIL"
-            result.violations.append(
-                f"{label}: {float(brow.value):.4f} -> {float(nrow.value):.4f} ({dv:+.4f} < {metric_rules[metric]:+g})"
-            )
+            result.violations.append(_point_violation(label, float(brow.value), float(nrow.value),
+                                                      metric_rules[metric], _is_lower(metric, lower)))  # fmt: skip
         if bpp_rule is not None and not math.isnan(dbpp) and dbpp > bpp_rule + 1e-12:
             status = "FAIL"
             result.violations.append(f"{label}: bpp {float(brow.bpp):.4f} -> {float(nrow.bpp):.4f} ({dbpp:+.2f} % > {bpp_rule:+g} %)")
@@ -125,13 +149,15 @@ def compare(
         label = f"{ds}/{task}/{codec} {metric}"
         if ncur is None:
             continue  # already reported per point
-        r = compare_curves(bcur.rate, bcur.metric, ncur.rate, ncur.metric, method=method)  # type: ignore[arg-type]
+        r = opts.compare(bcur, ncur, _is_lower(metric, lower))
         status = "ok"
         if bd_rule is not None and not math.isnan(r.bd_rate) and r.bd_rate > bd_rule + 1e-9:
             status = "FAIL"
             result.violations.append(f"{label}: BD-rate of new vs baseline {r.bd_rate:+.2f} % > {bd_rule:+g} %")
         if bd_rule is not None and math.isnan(r.bd_rate):
-            result.notes.append(f"{label}: BD-rate not computable ({'; '.join(r.warnings)}); point rules still apply")
-        crow.append({"curve": label, "bd_rate_%": r.bd_rate, "bd_metric": r.bd_metric, "status": status})
+            result.notes.append(f"{label}: BD-rate not computable ({r.rate_note}: {'; '.join(r.warnings)}); "
+                                "point rules still apply")  # fmt: skip
+        crow.append({"curve": label, "bd_rate_%": r.bd_rate, "bd_metric": r.bd_metric,
+                     "note": "; ".join(dict.fromkeys(filter(None, (r.rate_note, r.metric_note)))), "status": status})  # fmt: skip
     result.curves = pd.DataFrame(crow)
     return result

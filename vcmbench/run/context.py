@@ -55,9 +55,14 @@ class RunContext:
         return keys, preds, done, failed
 
     def needs_evaluation(self, u: WorkUnit) -> bool:
-        """Not evaluated yet, or evaluated with failed items (retried on every run)."""
+        """Not evaluated yet, evaluated with failed items (retried on every run), or stored without the
+        rates of its groups."""
         cached = self.store.evaluation(u.key)
-        return cached is None or bool(cached["n_failed"])
+        if cached is None or bool(cached["n_failed"]):
+            return True
+        # stored before groups had rates of their own: its grouped rows would carry the unit's rate
+        grouped = any("/" in m for m in json.loads(cached["metrics"]))
+        return grouped and cached["group_rates"] is None and not u.is_reference
 
 
 # ---- progress bars ---------------------------------------------------------------------------------

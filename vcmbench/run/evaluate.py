@@ -2,52 +2,120 @@
 
 A unit scored in the background meanwhile is taken from the scorer; otherwise (or if that failed) it is
 scored here. Units evaluated with failed items are evaluated again on every run.
+
+**Same items for every codec.** By default every unit of a (dataset, task) -- each codec at each quality,
+and the uncompressed reference -- is scored on the items that all of them finished (units that finished
+none are left out of that intersection), so the points of one RD table and BD-rate are measured on the same
+images. A unit scored on fewer items than it finished records those it left out, and the run says so;
+``RunConfig.common_items = False`` (``vcmbench run --no-common-items``) scores each unit on all of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..contracts import ClipFrames
 from ..plan import WorkUnit, quality_label
 from ..scoring import BackgroundScorer, score_unit
 from .context import RunContext, progress
-from .rates import no_rate, unit_rate
+from .rates import group_rates, no_rate, unit_rate
 
 
-def evaluate_stage(ctx: RunContext, units: Sequence[WorkUnit], scorer: BackgroundScorer) -> list[dict[str, Any]]:
+def evaluate_stage(ctx: RunContext, units: Sequence[WorkUnit], scorer: BackgroundScorer,
+                   common_items: bool = True) -> list[dict[str, Any]]:  # fmt: skip
     """Evaluate the units that need it; the run's tidy table (read back from the store: one code path for
     fresh and cached units)."""
+    scope = common_scope(ctx, units) if common_items else {}
     for u in progress(units, ctx.progress, desc="evaluate"):
-        if ctx.needs_evaluation(u):
-            evaluate_unit(ctx, u, scorer)
+        keep = scope.get(u.key)
+        if ctx.needs_evaluation(u) or not _scored_on(ctx, u, keep):
+            evaluate_unit(ctx, u, scorer, keep)
     return ctx.store.tidy_rows(ctx.run_id)
 
 
-def evaluate_unit(ctx: RunContext, u: WorkUnit, scorer: BackgroundScorer) -> None:
+def finished_items(ctx: RunContext, u: WorkUnit) -> frozenset[str]:
+    """Ids of the unit's items whose predictions are stored as done."""
+    items = ctx.res.datasets[u.dataset].items
+    keys = u.prediction_keys()
+    status = ctx.store.prediction_status(keys)
+    return frozenset(it.id for it, k in zip(items, keys, strict=True) if status.get(k) == "done")
+
+
+def common_scope(ctx: RunContext, units: Sequence[WorkUnit]) -> dict[str, frozenset[str]]:
+    """Unit key -> the items every unit of its (dataset, task) finished (units that finished none aside)."""
+    groups: dict[tuple[str, str], list[WorkUnit]] = defaultdict(list)
+    for u in units:
+        groups[(u.dataset, u.task)].append(u)
+    scope = {}
+    for members in groups.values():
+        finished = [f for f in (finished_items(ctx, u) for u in members) if f]
+        common = frozenset.intersection(*finished) if finished else frozenset()
+        scope.update(dict.fromkeys((u.key for u in members), common))
+    return scope
+
+
+def _scored_on(ctx: RunContext, u: WorkUnit, keep: frozenset[str] | None) -> bool:
+    """Whether the stored evaluation of ``u`` was scored on exactly the items it should be now."""
+    cached = ctx.store.evaluation(u.key)
+    if cached is None:
+        return False
+    left_out = set(json.loads(cached["left_out"] or "[]"))
+    if keep is None:
+        return not left_out
+    ids = {it.id for it in ctx.res.datasets[u.dataset].items}
+    scored = ids - set(json.loads(cached["failed_items"] or "[]")) - left_out
+    return scored == keep
+
+
+def evaluate_unit(ctx: RunContext, u: WorkUnit, scorer: BackgroundScorer, keep: frozenset[str] | None = None) -> None:
     ds, items, _ = ctx.res.datasets[u.dataset]
     task = ctx.res.tasks[u.task]
     keys, preds, done, failed = ctx.gather(u)
-    metrics = scorer.take(u.key)
-    if metrics is None:
+    metrics = scorer.take(u.key)  # scored in the background on everything the unit finished
+    done, left_out = _restrict(done, keep)
+    if metrics is None or left_out:
         metrics = score_unit(task, ds, items, done)
     ctx.work["evaluations"] += 1
-    rate = no_rate()
+    rate, groups = no_rate(), None
     done_keys = {it.id: preds[k]["encode_key"] for k, it in zip(keys, items, strict=True) if it.id in done}
     if not u.is_reference and done_keys:
         enc = ctx.store.encode_records(done_keys.values())
-        rate = unit_rate([(it, enc[done_keys[it.id]]) for it in items if done_keys.get(it.id) in enc])
+        coded = [(it, enc[done_keys[it.id]]) for it in items if done_keys.get(it.id) in enc]
+        rate = unit_rate(coded)
+        if isinstance(ds, ClipFrames):
+            groups = group_rates(ds.groups([it for it in items if it.id in done]), coded)
     infer = [preds[k]["infer_s"] for k in keys if k in preds and preds[k]["infer_s"] is not None]
     ctx.store.put_evaluation(
         {
             "key": u.key, "dataset": u.dataset, "dataset_id": u.dataset_id, "task": u.task,
             "task_id": u.task_id, "codec": u.codec, "codec_id": u.codec_id, "quality": quality_label(u.quality),
             "n_items": len(done), "n_failed": len(failed), "metrics": metrics, "headline": task.metrics,
-            "failed_items": failed, "pred_keys": keys, "infer_s": float(sum(infer)), "run_id": ctx.run_id, **rate,
+            "lower_is_better": sorted(task.lower_is_better), "failed_items": failed, "left_out": left_out,
+            "pred_keys": keys, "infer_s": float(sum(infer)), "run_id": ctx.run_id, "group_rates": groups, **rate,
         }
     )  # fmt: skip
+    _log_gaps(ctx, u, len(items), failed, left_out)
+
+
+def _restrict(done: Mapping[str, Any], keep: frozenset[str] | None) -> tuple[dict[str, Any], list[str]]:
+    """The finished predictions to score (those in ``keep``, or all) and the finished items left out."""
+    if keep is None:
+        return dict(done), []
+    return {k: v for k, v in done.items() if k in keep}, sorted(k for k in done if k not in keep)
+
+
+def _log_gaps(ctx: RunContext, u: WorkUnit, n: int, failed: list[str], left_out: list[str]) -> None:
     if failed:
         ctx.log(
-            f"{u.label()}: {len(failed)} of {len(items)} items failed and are left out of its metrics "
+            f"{u.label()}: {len(failed)} of {n} items failed and are left out of its metrics "
             f"({', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''}); rerun to retry them"
+        )
+    if left_out:
+        ctx.log(
+            f"{u.label()}: scored on the {n - len(failed) - len(left_out)} items every codec of its table finished; "
+            f"{len(left_out)} it finished are left out ({', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}) "
+            "-- rerun to retry the failed items elsewhere, or --no-common-items to score each unit on all of its own"
         )

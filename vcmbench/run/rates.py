@@ -6,7 +6,7 @@ Rate is always bits actually written: ``8 * bytes / pixels`` over the items that
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,6 +38,20 @@ def unit_rate(coded: Sequence[tuple[Item, EncodeRecord]]) -> dict[str, Any]:
         "encode_s": sum(r.encode_s or 0.0 for r in recs), "decode_s": sum(r.decode_s or 0.0 for r in recs),
         "kbps": kbps(coded),
     }  # fmt: skip
+
+
+def group_rates(groups: Mapping[str, Sequence[str]], coded: Sequence[tuple[Item, EncodeRecord]]) -> dict[str, Any]:
+    """Each group's own rate columns (and its ``n_items``): the rate of the coded items whose ids it lists.
+
+    A per-sequence or per-class figure is only meaningful against its own bits: the bits of that group's
+    bitstreams over that group's pixels (bpp) and duration (kbps)."""
+    out = {}
+    for group, ids in groups.items():
+        members = set(ids)
+        mine = [(it, r) for it, r in coded if it.id in members]
+        if mine:
+            out[group] = {**unit_rate(mine), "n_items": len(mine)}
+    return out
 
 
 def kbps(coded: Sequence[tuple[Item, Any]]) -> float | None:

@@ -16,12 +16,13 @@ from typing import Any, NamedTuple
 from ..adapters import build
 from ..cards import Card, CardError, CardSet
 from ..codecs.base import Codec
-from ..contracts import ClipFrames, unmet
+from ..contracts import Categories, ClassMapped, ClipFrames, unmet
 from ..datasets.base import Dataset, Item
 from ..errors import VcmbenchError
 from ..metrics.coco_map import resolve_backend
 from ..plan import REFERENCE
 from ..tasks.base import Task
+from ..tasks.classes import ClassMapError
 from .config import RunConfig
 
 #: background_scoring modes
@@ -117,8 +118,9 @@ def coco_eval_backend(cfg: RunConfig) -> str:
 
 def check_pairs(codecs: Mapping[str, CodecLadder], tasks: Mapping[str, Task],
                 datasets: Mapping[str, SelectedDataset]) -> None:  # fmt: skip
-    """Every codec codes, and every task can score, every dataset's items: media (images or clips) and
-    the contracts a task requires of a dataset (:mod:`vcmbench.contracts`)."""
+    """Every codec codes, and every task can score, every dataset's items: media (images or clips), the
+    contracts a task requires of a dataset (:mod:`vcmbench.contracts`), and a detector's classes against the
+    dataset's categories (:func:`check_classes`)."""
     for ds_name, (ds, _, _) in datasets.items():
         what = "clips" if ds.media == "video" else "images"
         for name, (codec, _) in codecs.items():
@@ -134,6 +136,20 @@ def check_pairs(codecs: Mapping[str, CodecLadder], tasks: Mapping[str, Task],
             if lacking:
                 raise CardError(f"task {name} cannot score dataset {ds_name}: the task needs "
                                 + "; ".join(lacking) + f" (dataset adapter {type(ds).__qualname__})")
+            check_classes(name, task, ds_name, ds)
+
+
+def check_classes(name: str, task: Task, ds_name: str, ds: Dataset) -> None:
+    """A detector whose classes do not fit the dataset's categories (none or too few match, a class map that
+    names absent ids or contradicts the names: :mod:`vcmbench.tasks.classes`) is refused here, before any
+    work, rather than scoring about 0. Reads the checkpoint's class names, builds no model."""
+    if not (isinstance(task, ClassMapped) and isinstance(ds, Categories)):
+        return
+    try:
+        task.category_map(ds)
+    except ClassMapError as exc:
+        reason = str(exc).removeprefix(f"task {task.name}: ")
+        raise CardError(f"task {name} cannot score dataset {ds_name}: {reason}") from None
 
 
 # ---- building ------------------------------------------------------------------------------------

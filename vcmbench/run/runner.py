@@ -138,7 +138,7 @@ class Runner:
                 seconds["encode"] = time.perf_counter() - t
                 infer_stage(ctx, units, executor, background)
                 seconds["infer"] = time.perf_counter() - t - seconds["encode"]
-                rows = evaluate_stage(ctx, units, self.scorer)
+                rows = evaluate_stage(ctx, units, self.scorer, self.config.common_items)
                 seconds["evaluate"] = time.perf_counter() - t - seconds["encode"] - seconds["infer"]
             except KeyboardInterrupt:
                 status = "interrupted"

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 class Task(ABC):
     #: metric names ``evaluate`` returns, the first one is the headline metric
     metrics: ClassVar[tuple[str, ...]] = ()
+    #: metrics where lower is better (e.g. a privacy metric: fewer faces found again = more private); every
+    #: other metric is higher-is-better. BD values, ``compare --fail`` rules and plots follow it
+    #: (:mod:`vcmbench.metrics.bd`, "Metric direction")
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()
     #: settings that say where files are, not what is computed; kept out of the cache key
     location_settings: ClassVar[tuple[str, ...]] = ()
     #: datasets it can score: "image" and, for tasks scoring frames against a dataset's COCO ground truth

@@ -22,7 +22,8 @@ and on disk under ``$VCMBENCH_CACHE/faces/<detector identity>/<image sha256>.jso
 The cache key holds the detector settings and weights, so it can never serve stale
 detections.
 
-Metrics: ``face_recall`` (headline), ``faces_ref`` (faces on the originals),
+Metrics: ``face_recall`` (headline; declared lower-is-better, so reports sign its BD values to read
+as a privacy gain when a codec keeps fewer faces), ``faces_ref`` (faces on the originals),
 ``faces_found`` (detections on the decoded images), ``face_precision`` (share of
 those that match a reference face), ``images_with_faces``.
 """
@@ -111,6 +112,8 @@ class FacesTask(Task):
     """
 
     metrics: ClassVar[tuple[str, ...]] = ("face_recall",)
+    #: the privacy metric: the fewer faces found again on the decoded images, the more private
+    lower_is_better: ClassVar[frozenset[str]] = frozenset({"face_recall"})
     background_scoring: ClassVar[bool] = False  # evaluate runs the detector on the originals (when not cached)
     location_settings: ClassVar[tuple[str, ...]] = ("device", "cache")
 

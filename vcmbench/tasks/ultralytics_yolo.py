@@ -8,39 +8,92 @@ run through the package's own predictor (``YOLO(weights).predict``): letterbox t
 original pixels (``retina_masks``). Images are grouped by shape before each predictor
 call, so an image's prediction does not depend on which images share its batch.
 
-Model class names are matched to the dataset's category names, so the same adapter
-scores the synth models on synth and COCO-trained checkpoints on COCO.
+Model class names are matched to the dataset's category names (:mod:`vcmbench.tasks.classes`;
+``class_map`` in the card overrides it), so the same adapter scores the synth models on synth and
+COCO-trained checkpoints on COCO, and a model trained for other classes is refused before any work.
+
+Checkpoints are pickles of Ultralytics model objects. The package's own loader
+(``ultralytics.nn.tasks.torch_safe_load``) unpickles them with ``weights_only=False`` unless
+``ULTRALYTICS_SAFE_LOAD`` is set, so while a model is loaded here it is replaced by the restricted
+unpickler of :mod:`vcmbench.models.safe_pickle` (tensors, torch/numpy data, ``ultralytics.nn`` model
+classes): a checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ..cards import Card
-from ..contracts import CocoInstances
+from ..contracts import Categories, CocoInstances
 from ..errors import WeightsError
 from ..media.devices import resolve_device
 from ..media.hashing import file_sha256
 from ..metrics.coco_map import encode_masks
+from ..models.safe_pickle import UnsafeCheckpointError, load_checkpoint
 from ..registry import register
 from ..weights import resolve_weights
 from .base import Task
+from .classes import check_setting, class_map
 
-__all__ = ["IMPL_VERSION", "UltralyticsDetectTask", "UltralyticsSegmentTask", "UltralyticsYOLOTask"]
+__all__ = [
+    "IMPL_VERSION",
+    "UltralyticsDetectTask",
+    "UltralyticsSegmentTask",
+    "UltralyticsYOLOTask",
+    "restricted_ultralytics_loading",
+]
 
 #: bump when pre/post-processing changes in a way that changes predictions
 IMPL_VERSION = "1"
+
+_PATCH_LOCK = threading.Lock()
+
+
+def _safe_torch_load(weight: Any, safe_only: Any = None) -> tuple[Any, str]:
+    """Stands in for ``ultralytics.nn.tasks.torch_safe_load``: the checkpoint through the restricted unpickler."""
+    ckpt = load_checkpoint(weight, "ultralytics")
+    if not isinstance(ckpt, dict):  # a whole model saved with torch.save(model), as upstream accepts
+        ckpt = {"model": getattr(ckpt, "model", ckpt)}
+    return ckpt, str(weight)
+
+
+@contextlib.contextmanager
+def restricted_ultralytics_loading() -> Iterator[None]:
+    """While active, Ultralytics loads ``.pt`` checkpoints through the restricted unpickler only."""
+    import ultralytics.nn.tasks as ul_tasks
+
+    with _PATCH_LOCK:
+        original = ul_tasks.torch_safe_load
+        ul_tasks.torch_safe_load = _safe_torch_load
+        try:
+            yield
+        finally:
+            ul_tasks.torch_safe_load = original
+
+
+def checkpoint_names(path: str | os.PathLike[str]) -> dict[int, str]:
+    """Class index -> name of an Ultralytics checkpoint, read without building a predictor."""
+    ckpt = load_checkpoint(path, "ultralytics", mmap=True)
+    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else getattr(ckpt, "model", ckpt)
+    names = getattr(model, "names", None)
+    if isinstance(names, Mapping):
+        return {int(k): str(v) for k, v in names.items()}
+    if isinstance(names, (list, tuple)):
+        return {i: str(v) for i, v in enumerate(names)}
+    raise WeightsError(f"{path}: the checkpoint's model states no class names")
 
 
 class UltralyticsYOLOTask(Task):
     """Base of the Ultralytics adapters: weights, predictor settings, class-name mapping."""
 
-    requires: ClassVar[tuple[type, ...]] = (CocoInstances,)
+    requires: ClassVar[tuple[type, ...]] = (CocoInstances, Categories)
     location_settings: ClassVar[tuple[str, ...]] = ("weights",)
     #: the Ultralytics task name the checkpoint must have
     yolo_task: ClassVar[str] = "detect"
@@ -55,6 +108,7 @@ class UltralyticsYOLOTask(Task):
         max_det: int = 300,
         batch_size: int = 16,
         device: str = "auto",
+        class_map: Any = "auto",
     ) -> None:
         if not weights:
             raise ValueError(f"{type(self).__name__}: `weights:` (a .pt file) is required")
@@ -72,9 +126,11 @@ class UltralyticsYOLOTask(Task):
         self.max_det = int(max_det)
         self.batch_size = int(batch_size)
         self.device = device
+        self.class_map = check_setting(class_map, type(self).__name__)
         self._weights_path: Path | None = None
         self._model: Any = None
         self._names: dict[int, str] | None = None
+        self._maps: dict[str, dict[int, int]] = {}
 
     @classmethod
     def from_card(cls, card: Card) -> Task:
@@ -118,7 +174,10 @@ class UltralyticsYOLOTask(Task):
         from ultralytics import YOLO
 
         try:
-            model = YOLO(str(path), task=self.yolo_task)
+            with restricted_ultralytics_loading():
+                model = YOLO(str(path), task=self.yolo_task)
+        except UnsafeCheckpointError:
+            raise
         except Exception as exc:
             raise WeightsError(
                 f"task {self.name}: cannot load Ultralytics checkpoint {path} ({type(exc).__name__}: {exc}); "
@@ -132,11 +191,20 @@ class UltralyticsYOLOTask(Task):
         self._model = model
 
     def names(self) -> dict[int, str]:
-        """Class index -> class name of the checkpoint."""
+        """Class index -> class name of the checkpoint (read from the file, no predictor built, until loaded)."""
         if self._names is None:
-            self.load()
-        assert self._names is not None
-        return self._names
+            try:
+                self._names = checkpoint_names(self.weights_path())
+            except UnsafeCheckpointError:
+                raise
+            except Exception as exc:
+                raise WeightsError(f"task {self.name}: cannot read the class names of {self.weights_path()} "
+                                   f"({type(exc).__name__}: {exc})") from None  # fmt: skip
+        return dict(self._names)
+
+    def class_names(self) -> dict[int, str]:
+        """Class index -> class name of the checkpoint (as :meth:`names`)."""
+        return self.names()
 
     def _results(self, images: Sequence[np.ndarray]) -> list[Any]:
         """Ultralytics ``Results`` per image; same-shape images share a predictor call."""
@@ -161,18 +229,13 @@ class UltralyticsYOLOTask(Task):
         return out
 
     # -- scoring --------------------------------------------------------------------------------------
-    def category_map(self, dataset: CocoInstances) -> dict[int, int]:
-        """Class index -> dataset category id, matched by name."""
-        cats = dataset.coco_gt().cats
-        by_name = {str(c["name"]): int(c["id"]) for c in cats.values()}
-        names = self.names()
-        missing = sorted({n for n in names.values() if n not in by_name})
-        if missing:
-            raise ValueError(
-                f"task {self.name}: model classes {missing} are not categories of dataset {dataset.name} "
-                f"({', '.join(sorted(by_name))}); this model was not trained for this dataset"
-            )
-        return {i: by_name[n] for i, n in names.items()}
+    def category_map(self, dataset: Categories) -> dict[int, int]:
+        """Class index -> dataset category id, by name (or the card's ``class_map``), checked: raises
+        :class:`~vcmbench.tasks.classes.ClassMapError` when the classes do not fit the dataset's categories."""
+        key = getattr(dataset, "name", type(dataset).__name__)
+        if key not in self._maps:
+            self._maps[key] = class_map(self.names(), dataset.categories(), self.class_map, f"task {self.name}", key)
+        return self._maps[key]
 
     @staticmethod
     def _boxes(r: Any) -> list[list[float]]:
@@ -203,7 +266,7 @@ class UltralyticsDetectTask(UltralyticsYOLOTask):
     def predict(self, images: Sequence[np.ndarray]) -> list[list[list[float]]]:
         return [self._boxes(r) for r in self._results(images)]
 
-    def evaluate(self, predictions: Mapping[str, Any], dataset: CocoInstances) -> dict[str, float]:
+    def evaluate(self, predictions: Mapping[str, Any], dataset: Any) -> dict[str, float]:
         from ..metrics.coco_map import coco_bbox_eval
 
         cats = self.category_map(dataset)
@@ -211,6 +274,8 @@ class UltralyticsDetectTask(UltralyticsYOLOTask):
         for item_id, rows in predictions.items():
             image_id = dataset.image_id(item_id)
             for x1, y1, x2, y2, score, cls in rows:
+                if int(cls) not in cats:
+                    continue  # a class of no category of this dataset
                 dets.append({"image_id": image_id, "category_id": cats[int(cls)],
                              "bbox": self._coco_box(x1, y1, x2, y2), "score": round(score, 5)})  # fmt: skip
         img_ids = [dataset.image_id(k) for k in predictions]
@@ -242,7 +307,7 @@ class UltralyticsSegmentTask(UltralyticsYOLOTask):
             out.append({"size": [h, w], "boxes": rows, "masks": rles})
         return out
 
-    def evaluate(self, predictions: Mapping[str, Any], dataset: CocoInstances) -> dict[str, float]:
+    def evaluate(self, predictions: Mapping[str, Any], dataset: Any) -> dict[str, float]:
         from ..metrics.coco_map import coco_bbox_eval, coco_segm_eval
 
         cats = self.category_map(dataset)
@@ -250,6 +315,8 @@ class UltralyticsSegmentTask(UltralyticsYOLOTask):
         for item_id, pred in predictions.items():
             image_id = dataset.image_id(item_id)
             for (x1, y1, x2, y2, score, cls), counts in zip(pred["boxes"], pred["masks"], strict=True):
+                if int(cls) not in cats:
+                    continue  # a class of no category of this dataset
                 cat = cats[int(cls)]
                 boxes.append({"image_id": image_id, "category_id": cat, "bbox": self._coco_box(x1, y1, x2, y2),
                               "score": round(score, 5)})  # fmt: skip

@@ -2,18 +2,42 @@
 
 Jocher et al., "YOLOv5 by Ultralytics", 2020, doi:10.5281/zenodo.3908559
 (https://github.com/ultralytics/yolov5). The official checkpoints are pickles
-of the upstream model classes; they are loaded through the ``yolov5`` PyPI
-package's model code, and its ``letterbox``, ``non_max_suppression`` and
-``scale_boxes`` are called at run time.
+of the upstream model classes; they are unpickled by
+:func:`vcmbench.models.safe_pickle.load_checkpoint`, which resolves only
+tensors, torch/numpy data and the ``yolov5`` PyPI package's model classes (the
+upstream ``models.*``/``utils.*`` names remapped into it) and refuses anything
+else, so a checkpoint cannot run code. The package's ``letterbox``,
+``non_max_suppression`` and ``scale_boxes`` are called at run time.
 
-Pre- and post-processing match ``val.py`` (``--img 640 --conf 0.001 --iou 0.65``,
-rectangular inference with pad 0.5, multi-label NMS, 300 detections, boxes
-scaled back to the original pixels) with one deliberate difference: ``val.py``
-sizes each rectangular batch from the aspect ratios of the images sorted next to
-it, whereas here every image gets the rectangle it would get in a batch of its
-own, so that its prediction depends on that image only (predictions are cached
-per image). Images that end up with the same input shape share a forward pass.
-Inference runs in float32 on every device (``val.py`` uses float16 on CUDA).
+Pre- and post-processing match ``val.py --batch-size 1 --img 640 --conf-thres 0.001
+--iou-thres 0.65`` (rectangular inference with pad 0.5, multi-label NMS, 300
+detections, boxes scaled back to the original pixels). Batch size 1 is the
+definition, not a shortcut: with larger batches ``val.py`` pads every image of a
+batch to one rectangle sized from the aspect ratios of the images sorted next to
+it, so its mAP depends on the batch size (coco-mini, yolov5n, CPU, mAP / mAP50:
+0.3173 / 0.5188 at batch 1, 0.3180 / 0.5242 at 16, 0.3187 / 0.5220 at 32 with
+NMS's time limit disabled). Here every image gets the rectangle of
+a batch of its own, so its prediction depends on that image only, as the
+per-image prediction cache requires; on coco-mini vcmbench gives 0.3173 / 0.5188,
+``val.py --batch-size 1`` 0.3173 / 0.5188. Batched rect is not emulated because
+an image's result would then depend on its neighbours; because ``val.py``'s
+grouping of images with equal aspect ratios follows numpy's unstable sort, which
+orders them differently in numpy 1.26 and 2.x; and because its NMS drops the rest
+of a batch when its time limit (0.5 s + 0.05 s per image) is hit on a loaded CPU
+(on 2 busy cores ``val.py`` at batch 32 scored 0.2018 / 0.3543 that way). Here
+NMS runs per image, so the limit never cuts another image short. Images that end
+up with the same input shape share a forward pass, which does not change their
+results.
+
+Inference runs in float32 on every device, as ``val.py`` run from the command
+line does unless given ``--half``: float16 is opt-in there (only ``train.py``'s
+validation and the ``speed``/``study`` tasks turn it on, on CUDA). On CUDA,
+cuDNN's TF32 is turned off here too.
+
+Classes are scored as the dataset's categories by name (:mod:`vcmbench.tasks.classes`):
+the checkpoint's ``names`` against the dataset's ``categories()``; ``class_map`` in
+the card overrides it. On COCO the names of the official COCO-80 checkpoints give
+exactly ``val.py``'s ``coco80_to_coco91`` ids.
 """
 
 from __future__ import annotations
@@ -21,8 +45,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import pickle
-import types
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,20 +54,27 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from ..contracts import CocoInstances
+from ..contracts import Categories, CocoInstances
 from ..errors import WeightsError
 from ..media.devices import resolve_device
 from ..media.hashing import file_sha256
+from ..models.safe_pickle import UnsafeCheckpointError, load_checkpoint
 from ..registry import register
 from ..weights import resolve_weights
 from .base import Task
+from .classes import check_setting, class_map
 
-__all__ = ["IMPL_VERSION", "YOLOv5Task", "load_yolov5_checkpoint", "rect_input_shape", "resize_long_side"]
+__all__ = [
+    "IMPL_VERSION",
+    "YOLOv5Task",
+    "checkpoint_class_names",
+    "load_yolov5_checkpoint",
+    "rect_input_shape",
+    "resize_long_side",
+]
 
 #: bump when pre/post-processing changes in a way that changes predictions
 IMPL_VERSION = "1"
-
-CLASS_MAPS = ("coco80_to_coco91", "identity")
 
 #: letterbox padding value (grey) used by the upstream dataloader
 PAD_VALUE = 114
@@ -61,26 +90,61 @@ def _yolov5_modules() -> tuple[Any, Any, Any]:
     return yolo, general, augmentations
 
 
-class _RemapUnpickler(pickle.Unpickler):
-    """Resolves the upstream module names (``models.yolo``, ``utils.*``) inside the ``yolov5`` package.
-
-    Without this, unpickling imports a second, top-level copy of the package's
-    ``models`` modules, whose classes fail the package's own ``isinstance``
-    checks (so ``fuse()`` silently does nothing) and may collide with other
-    packages that also ship a top-level ``models`` (e.g. YOLOv7).
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "models" or module.startswith(("models.", "utils.")) or module == "utils":
-            module = "yolov5." + module
-        return super().find_class(module, name)
+#: family -> (name in messages, the files it expects)
+CHECKPOINT_KINDS = {
+    "yolov5": ("YOLOv5", "YOLOv5 v6/v7 .pt file"),
+    "yolov7": ("YOLOv7", "YOLOv7 .pt file (yolov7.pt, yolov7-tiny.pt, ...)"),
+}
 
 
-_PICKLE = types.SimpleNamespace(
-    __name__="vcmbench_yolov5_pickle",
-    Unpickler=_RemapUnpickler,
-    load=lambda f, **kw: _RemapUnpickler(f, **kw).load(),
-)
+def read_checkpoint(path: str | Path, family: str, mmap: bool = False) -> Any:
+    """The unpickled checkpoint (restricted unpickler); a refused global is re-raised as it is, any other
+    failure becomes a WeightsError naming the file."""
+    label, what = CHECKPOINT_KINDS[family]
+    try:
+        return load_checkpoint(path, family, mmap=mmap)
+    except UnsafeCheckpointError:
+        raise
+    except Exception as exc:
+        raise WeightsError(
+            f"cannot load {label} checkpoint {path} ({type(exc).__name__}: {exc}); it is not an official "
+            f"{what} or it is corrupt: download it again"
+        ) from None
+
+
+def checkpoint_model(ckpt: Any) -> Any:
+    """The model of an upstream checkpoint dict: its EMA weights if present, else ``model`` (None if neither)."""
+    if not isinstance(ckpt, dict):
+        return None
+    return ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
+
+
+def model_class_names(model: Any) -> dict[int, str]:
+    """``class index -> name`` of a YOLOv5/YOLOv7 model (its ``names``, list or dict; placeholders ``"0"``,
+    ``"1"``, ... for the classes of its detection head when it has none)."""
+    names = getattr(model, "names", None)
+    if isinstance(names, Mapping):
+        return {int(k): str(v) for k, v in names.items()}
+    if isinstance(names, (list, tuple)):
+        return {i: str(v) for i, v in enumerate(names)}
+    nc = int(getattr(model, "nc", 0) or getattr(model.model[-1], "nc", 0))
+    return {i: str(i) for i in range(nc)}
+
+
+_NAMES_CACHE: dict[tuple[str, str, int, int], dict[int, str]] = {}
+
+
+def checkpoint_class_names(path: str | Path, family: str = "yolov5") -> dict[int, str]:
+    """The class names a checkpoint carries, read without building or fusing its model (cached per file)."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), family, st.st_size, st.st_mtime_ns)
+    if key not in _NAMES_CACHE:
+        model = checkpoint_model(read_checkpoint(path, family, mmap=True))
+        if not isinstance(model, torch.nn.Module):
+            raise WeightsError(f"checkpoint {path} holds no {CHECKPOINT_KINDS[family][0]} model (expected a dict "
+                               "with 'model' or 'ema')")  # fmt: skip
+        _NAMES_CACHE[key] = model_class_names(model)
+    return dict(_NAMES_CACHE[key])
 
 
 def load_yolov5_checkpoint(path: str | Path, device: str | torch.device = "cpu", fuse: bool = True) -> Any:
@@ -88,27 +152,18 @@ def load_yolov5_checkpoint(path: str | Path, device: str | torch.device = "cpu",
 
     Uses the EMA weights when the checkpoint has them (as upstream does), fuses
     Conv+BatchNorm, and clears the cached anchor grids so they are rebuilt on
-    first use.
+    first use. Unpickled by the restricted unpickler: a checkpoint referencing
+    anything but tensors, torch/numpy data and YOLOv5 model classes is refused
+    (:class:`~vcmbench.models.safe_pickle.UnsafeCheckpointError`).
     """
     yolo, general, _ = _yolov5_modules()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_PICKLE)
-    except Exception as exc:
-        raise WeightsError(
-            f"cannot load YOLOv5 checkpoint {path} ({type(exc).__name__}: {exc}); it is not an official "
-            "YOLOv5 v6/v7 .pt file or it is corrupt: download it again"
-        ) from None
-    model = None
-    if isinstance(ckpt, dict):
-        model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
+    model = checkpoint_model(read_checkpoint(path, "yolov5"))
     if not isinstance(model, torch.nn.Module):
         raise WeightsError(
             f"checkpoint {path} holds no YOLOv5 model (expected a dict with 'model' or 'ema'); "
             "use an official YOLOv5 release file"
         )
-    model = model.float()
+    model = model.float().requires_grad_(False)  # (a checkpoint saved before strip_optimizer still has grads on)
     if not hasattr(model, "stride"):
         model.stride = torch.tensor([32.0])
     logger = logging.getLogger(general.LOGGING_NAME)
@@ -165,11 +220,12 @@ class YOLOv5Task(Task):
     """Official YOLOv5 checkpoint, val.py settings, COCO box mAP (pycocotools).
 
     Predictions per image: ``[[x1, y1, x2, y2, score, class_index], ...]`` in
-    original pixel coordinates, ``class_index`` in 0..79 (YOLO order).
+    original pixel coordinates, ``class_index`` in 0..nc-1 (the model's order);
+    scored as the dataset category :meth:`category_map` gives it.
     """
     #: frames of video datasets are scored like images (against the COCO ground truth of their labels)
     media: ClassVar[tuple[str, ...]] = ("image", "video")
-    requires: ClassVar[tuple[type, ...]] = (CocoInstances,)
+    requires: ClassVar[tuple[type, ...]] = (CocoInstances, Categories)
 
     metrics: ClassVar[tuple[str, ...]] = ("map", "map50")
     location_settings: ClassVar[tuple[str, ...]] = ("weights", "url")
@@ -189,10 +245,9 @@ class YOLOv5Task(Task):
         max_det: int = 300,
         batch_size: int = 8,
         device: str = "auto",
-        class_map: str = "coco80_to_coco91",
+        class_map: str | Mapping[int, int] = "auto",
     ) -> None:
-        if class_map not in CLASS_MAPS:
-            raise ValueError(f"{self.family}: class_map must be one of {', '.join(CLASS_MAPS)}, got {class_map!r}")
+        class_map = check_setting(class_map, self.family)
         if not (isinstance(img_size, int) and img_size > 0):
             raise ValueError(f"{self.family}: img_size must be a positive integer, got {img_size!r}")
         if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
@@ -219,6 +274,8 @@ class YOLOv5Task(Task):
         self._device: torch.device | None = None
         self._stride = 32
         self._input_size = self.img_size
+        self._names: dict[int, str] | None = None
+        self._maps: dict[str, dict[int, int]] = {}
 
     # -- identity -------------------------------------------------------------------------------
     def weights_path(self) -> Path:
@@ -246,6 +303,7 @@ class YOLOv5Task(Task):
         model = self._load_checkpoint(self.weights_path(), self._device)
         self._stride = max(int(model.stride.max()), 32)
         self._input_size = math.ceil(self.img_size / self._stride) * self._stride  # val.py's check_img_size
+        self._names = model_class_names(model)
         self._model = model
 
     def _load_checkpoint(self, path: Path, device: torch.device) -> Any:
@@ -316,31 +374,55 @@ class YOLOv5Task(Task):
         return out
 
     # -- scoring --------------------------------------------------------------------------------
-    def category_ids(self) -> list[int]:
-        """Dataset category id of each class index (empty for ``identity``: the index is the id)."""
-        if self.class_map == "identity":
-            return []
-        _, general, _ = _yolov5_modules()
-        return list(general.coco80_to_coco91_class())
+    def class_names(self) -> dict[int, str]:
+        """Class index -> name of the checkpoint's classes (read from the file, no model built, until loaded)."""
+        if self._names is None:
+            self._names = self._read_class_names(self.weights_path())
+        return dict(self._names)
 
-    def coco_detections(self, predictions: Mapping[str, Any], dataset: CocoInstances) -> list[dict[str, Any]]:
-        """COCO results-format dicts (xywh boxes, rounded like val.py's JSON export)."""
-        cats = self.category_ids()
+    def _read_class_names(self, path: Path) -> dict[int, str]:
+        return checkpoint_class_names(path, "yolov5")
+
+    def category_map(self, dataset: Categories) -> dict[int, int]:
+        """Class index -> category id of ``dataset`` (by name, or the card's ``class_map``), checked: raises
+        :class:`~vcmbench.tasks.classes.ClassMapError` when the classes do not fit the dataset's categories."""
+        key = getattr(dataset, "name", type(dataset).__name__)
+        if key not in self._maps:
+            self._maps[key] = class_map(self._names_for_map(), dataset.categories(), self.class_map,
+                                        f"task {self.name}", key)  # fmt: skip
+        return self._maps[key]
+
+    def _names_for_map(self) -> dict[int, str] | None:
+        """The class names; None where a fixed or explicit ``class_map`` is set and no checkpoint is at hand
+        (saved predictions scored without the weights: the checks needing names are skipped)."""
+        if self.class_map != "auto" and self._names is None:
+            try:
+                self.weights_path()
+            except WeightsError:
+                return None
+        return self.class_names()
+
+    def coco_detections(self, predictions: Mapping[str, Any], dataset: Any) -> list[dict[str, Any]]:
+        """COCO results-format dicts (xywh boxes, rounded like val.py's JSON export); detections of classes
+        that map to no category of the dataset are left out."""
+        cats = self.category_map(dataset)
         dets = []
         for item_id, boxes in predictions.items():
             image_id = dataset.image_id(item_id)
             for x1, y1, x2, y2, score, cls in boxes:
+                if int(cls) not in cats:
+                    continue
                 dets.append(
                     {
                         "image_id": image_id,
-                        "category_id": cats[int(cls)] if cats else int(cls),
+                        "category_id": cats[int(cls)],
                         "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                         "score": round(score, 5),
                     }
                 )
         return dets
 
-    def evaluate(self, predictions: Mapping[str, Any], dataset: CocoInstances) -> dict[str, float]:
+    def evaluate(self, predictions: Mapping[str, Any], dataset: Any) -> dict[str, float]:
         from ..metrics.coco_map import coco_bbox_eval
 
         dets = self.coco_detections(predictions, dataset)

@@ -6,13 +6,17 @@ state-of-the-art for real-time object detectors", CVPR 2023, arXiv:2207.02696
 (``yolov7.pt``, ``yolov7-tiny.pt``, ...) are pickles of the upstream
 ``models.yolo.Model``; they are unpickled into the model classes of the
 ``yolov7-package`` PyPI package (``yolov7_package.models.*``), whose model code
-is the upstream code with package-relative imports.
+is the upstream code with package-relative imports, by the restricted unpickler
+of :mod:`vcmbench.models.safe_pickle` (tensors, torch/numpy data and those model
+classes only: a checkpoint cannot run code).
 
 Evaluation is :class:`~vcmbench.tasks.yolov5.YOLOv5Task`'s (batching, NMS call,
-box scaling, COCO-80 -> COCO-91 ids, pycocotools), with the settings of the
-official ``test.py --img 640 --conf 0.001 --iou 0.65`` (rectangular inference
-with pad 0.5, multi-label NMS, 300 detections) and each image given the
-rectangle of a batch of its own, as for YOLOv5. What differs from YOLOv5:
+box scaling, class names matched to the dataset's categories, pycocotools), with
+the settings of the official ``test.py --batch-size 1 --img 640 --conf 0.001 --iou 0.65``
+(rectangular inference with pad 0.5, multi-label NMS, 300 detections): each
+image is given the rectangle of a batch of its own, as for YOLOv5, so that its
+prediction does not depend on its neighbours (see :mod:`vcmbench.tasks.yolov5`
+for why batched rect is not emulated). What differs from YOLOv5:
 
 - **loading**: upstream ``attempt_load`` (EMA weights if present, float32,
   ``Model.fuse()``: Conv+BN, RepConv re-parameterisation, implicit layers of
@@ -31,16 +35,15 @@ rectangle of a batch of its own, as for YOLOv5. What differs from YOLOv5:
   model the class column is set to 1 before it, which gives yolov7's scores
   exactly.
 
-Inference runs in float32 on every device (``test.py`` uses float16 on CUDA). ``predict`` also
-needs the ``yolov5`` package (its ``non_max_suppression`` and ``scale_boxes``, via YOLOv5Task).
+Inference runs in float32 on every device (``test.py`` casts to float16 on CUDA; here, as in
+YOLOv5's ``val.py`` without ``--half``, it does not). ``predict`` also needs the ``yolov5`` package
+(its ``non_max_suppression`` and ``scale_boxes``, via YOLOv5Task).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import pickle
-import types
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,7 +55,7 @@ from ..errors import WeightsError
 from ..media.hashing import file_sha256
 from ..registry import register
 from . import yolov5 as _v5
-from .yolov5 import YOLOv5Task
+from .yolov5 import YOLOv5Task, checkpoint_class_names, checkpoint_model, read_checkpoint
 
 __all__ = [
     "IMPL_VERSION",
@@ -67,10 +70,6 @@ IMPL_VERSION = "1"
 #: the checkpoint looked up in the weights folder / cache when neither ``weights`` nor ``url`` names one
 DEFAULT_WEIGHTS = "yolov7.pt"
 
-#: the upstream top-level packages official checkpoints reference, and where they live in yolov7-package
-_UPSTREAM_PACKAGES = ("models", "utils")
-_PACKAGE = "yolov7_package"
-
 
 def _yolov7_modules() -> tuple[Any, Any, Any]:
     """Import the yolov7-package modules quietly; returns (models.yolo, models.common, utils.datasets)."""
@@ -80,28 +79,6 @@ def _yolov7_modules() -> tuple[Any, Any, Any]:
         import yolov7_package.models.yolo as yolo
         import yolov7_package.utils.datasets as datasets
     return yolo, common, datasets
-
-
-class _RemapUnpickler(pickle.Unpickler):
-    """Resolves the upstream module names (``models.yolo``, ``models.common``, ``utils.*``) in ``yolov7_package``.
-
-    A plain unpickler would import a top-level ``models`` package: at best a
-    second copy of the model code whose classes fail ``Model.fuse()``'s type
-    checks, at worst another project's (the ``yolov5`` package puts its own
-    folder, with a ``models`` and a ``utils`` package, on ``sys.path``).
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module.split(".", 1)[0] in _UPSTREAM_PACKAGES:
-            module = f"{_PACKAGE}.{module}"
-        return super().find_class(module, name)
-
-
-_PICKLE = types.SimpleNamespace(
-    __name__="vcmbench_yolov7_pickle",
-    Unpickler=_RemapUnpickler,
-    load=lambda f, **kw: _RemapUnpickler(f, **kw).load(),
-)
 
 
 def _detect_head(model: torch.nn.Module) -> Any:
@@ -117,20 +94,12 @@ def load_yolov7_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     As upstream ``attempt_load``: the EMA weights when the checkpoint has them,
     ``Model.fuse()`` (``fuse=False`` keeps the saved layers as they are), and
     the compatibility updates for checkpoints pickled by older torch versions.
+    Unpickled by the restricted unpickler: a checkpoint referencing anything but
+    tensors, torch/numpy data and yolov7 model classes is refused
+    (:class:`~vcmbench.models.safe_pickle.UnsafeCheckpointError`).
     """
     yolo, common, _ = _yolov7_modules()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_PICKLE)
-    except Exception as exc:
-        raise WeightsError(
-            f"cannot load YOLOv7 checkpoint {path} ({type(exc).__name__}: {exc}); it is not an official "
-            "YOLOv7 .pt file (yolov7.pt, yolov7-tiny.pt, ...) or it is corrupt: download it again"
-        ) from None
-    model = None
-    if isinstance(ckpt, dict):
-        model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
+    model = checkpoint_model(read_checkpoint(path, "yolov7"))
     if not isinstance(model, yolo.Model) or _detect_head(model) is None:
         found = type(model).__name__ if model is not None else "nothing"
         raise WeightsError(
@@ -206,14 +175,12 @@ class YOLOv7Task(YOLOv5Task):
     def _load_checkpoint(self, path: Path, device: torch.device) -> Any:
         model = load_yolov7_checkpoint(path, device)
         nc = int(_detect_head(model).nc)
-        if self.class_map == "coco80_to_coco91" and nc != 80:
-            raise WeightsError(
-                f"checkpoint {path} has {nc} classes, but class_map coco80_to_coco91 needs a COCO-80 model: "
-                "set class_map: identity (category id = class index) for other models"
-            )
         if nc == 1:
             model.register_forward_hook(_objectness_only)
         return model
+
+    def _read_class_names(self, path: Path) -> dict[int, str]:
+        return checkpoint_class_names(path, "yolov7")
 
     # -- inference ------------------------------------------------------------------------------
     def _resize(self, image: np.ndarray) -> np.ndarray:

@@ -402,19 +402,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
         f"{cfg.steps} steps, lambda {cfg.lmbda}, arch {cfg.arch} {cfg.arch_kwargs}, device {device}")  # fmt: skip
 
     state_path = out / "last.pt"
-    state: dict[str, Any] | None = None
-    if cfg.resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("format") != STATE_FORMAT:
-            raise TrainError(f"{state_path} is not a vcmbench training state; use another --out")
-        saved = state["config"]
-        now = _config_json(cfg)
-        differ = [k for k in RESUME_KEYS if saved.get(k) != now.get(k) and not (k == "arch_kwargs" and cfg.init)]
-        if differ:
-            shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differ)
-            raise TrainError(f"{state_path} was written by a run with other settings ({shown}); use another --out "
-                             "or --no-resume to start over")  # fmt: skip
-        cfg.arch_kwargs = dict(saved["arch_kwargs"])
+    state = _resume_state(cfg, state_path) if cfg.resume and state_path.exists() else None
+    if state is not None:
+        cfg.arch_kwargs = dict(state["config"]["arch_kwargs"])
     torch.manual_seed(cfg.seed)  # initial weights
     model = build_for_training(cfg) if state is None else _model_from_state(cfg, state)
     model = model.to(device).train()
@@ -442,11 +432,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
         torch.save(blob, tmp)
         os.replace(tmp, state_path)
 
-    bar: Any = None
-    if cfg.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.codec}", dynamic_ncols=True, file=sys.stderr)
+    bar = _progress_bar(cfg, start)
     acc: dict[str, float] = {}
     count = 0
     t_last = time.perf_counter()
@@ -456,25 +442,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
             lr = cfg.lr_at(step)
             for group in opt.param_groups:
                 group["lr"] = lr
-            rng = np.random.default_rng([cfg.seed, step])
-            x, m = sampler.batch(rng, cfg.batch_size)
-            x = x.to(device)
-            m = m.to(device) if m is not None else None
-            torch.manual_seed(_step_seed(cfg.seed, step))  # quantization noise of this step
-            opt.zero_grad(set_to_none=True)
-            aux_opt.zero_grad(set_to_none=True)
-            terms = rd_terms(model(x), x, m, features)
-            loss = objective(cfg.codec, terms, cfg.lmbda, cfg.lambda2)
-            if not torch.isfinite(loss):
-                raise TrainError(f"step {step}: the loss is {float(loss)}; lower --lr or check the data")
-            loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(main_params, cfg.clip)) if cfg.clip > 0 else float("nan")
-            opt.step()
-            aux_loss = model.aux_loss()  # type: ignore[operator]
-            aux_loss.backward()
-            aux_opt.step()
-            vals = {k: float(v.detach()) for k, v in terms.items()}
-            vals.update(loss=float(loss.detach()), aux_loss=float(aux_loss.detach()), grad_norm=grad_norm)
+            vals = _train_step(cfg, step, model, (opt, aux_opt), main_params, sampler, features, device)
             for k, v in vals.items():
                 acc[k] = acc.get(k, 0.0) + v
             count += 1
@@ -500,18 +468,73 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
             bar.close()
         logger.close()
     final_eval = evaluate(model, eval_batch, cfg, features, device)
-    meta = {
-        "loss": cfg.codec, "lambda": cfg.lmbda, "lambda2": cfg.lambda2 or None, "steps": cfg.steps,
-        "crop": cfg.crop, "batch_size": cfg.batch_size, "seed": cfg.seed, "train_dir": str(cfg.train_dir),
-        "train_images": len(sampler), "masks": str(cfg.masks) if cfg.masks else None,
-        "masks_params": _mask_params(cfg.masks) if cfg.codec in MASKED else None,
-        "init": cfg.init, "final_eval": final_eval,
-    }  # fmt: skip  (no wall time here: the same settings and data give the same checkpoint bytes)
+    meta = _checkpoint_meta(cfg, len(sampler), final_eval)
     ckpt = save_checkpoint(model, out / cfg.final_name, cfg.arch, cfg.arch_kwargs, meta, cfg.save_dtype)
     sha = file_sha256(ckpt)
     say(f"final checkpoint {ckpt} (sha256 {sha}); eval batch: loss {final_eval['loss']:.4f}, "
         f"bpp {final_eval['bpp']:.4f}, PSNR {final_eval['psnr']:.2f} dB")  # fmt: skip
     return TrainResult(out, cfg.steps, ckpt, sha, final_eval, elapsed, start)
+
+
+def _resume_state(cfg: TrainConfig, state_path: Path) -> dict[str, Any]:
+    """The training state saved in ``state_path``, checked to come from a run with the same settings."""
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    if state.get("format") != STATE_FORMAT:
+        raise TrainError(f"{state_path} is not a vcmbench training state; use another --out")
+    saved = state["config"]
+    now = _config_json(cfg)
+    differ = [k for k in RESUME_KEYS if saved.get(k) != now.get(k) and not (k == "arch_kwargs" and cfg.init)]
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differ)
+        raise TrainError(f"{state_path} was written by a run with other settings ({shown}); use another --out "
+                         "or --no-resume to start over")  # fmt: skip
+    return state
+
+
+def _progress_bar(cfg: TrainConfig, start: int) -> Any:
+    if not cfg.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.codec}", dynamic_ncols=True, file=sys.stderr)
+
+
+def _train_step(cfg: TrainConfig, step: int, model: nn.Module, opts: tuple[Any, Any], main_params: list[Any],
+                sampler: CropSampler, features: Any, device: Any) -> dict[str, float]:  # fmt: skip
+    """One optimisation step (main and auxiliary losses) on the step's seeded batch; its loss terms."""
+    opt, aux_opt = opts
+    rng = np.random.default_rng([cfg.seed, step])
+    x, m = sampler.batch(rng, cfg.batch_size)
+    x = x.to(device)
+    m = m.to(device) if m is not None else None
+    torch.manual_seed(_step_seed(cfg.seed, step))  # quantization noise of this step
+    opt.zero_grad(set_to_none=True)
+    aux_opt.zero_grad(set_to_none=True)
+    terms = rd_terms(model(x), x, m, features)
+    loss = objective(cfg.codec, terms, cfg.lmbda, cfg.lambda2)
+    if not torch.isfinite(loss):
+        raise TrainError(f"step {step}: the loss is {float(loss)}; lower --lr or check the data")
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(main_params, cfg.clip)) if cfg.clip > 0 else float("nan")
+    opt.step()
+    aux_loss = model.aux_loss()  # type: ignore[operator]
+    aux_loss.backward()
+    aux_opt.step()
+    vals = {k: float(v.detach()) for k, v in terms.items()}
+    vals.update(loss=float(loss.detach()), aux_loss=float(aux_loss.detach()), grad_norm=grad_norm)
+    return vals
+
+
+def _checkpoint_meta(cfg: TrainConfig, train_images: int, final_eval: dict[str, float]) -> dict[str, Any]:
+    """What the final checkpoint records of its training (no wall time: the same settings and data give the
+    same checkpoint bytes)."""
+    return {
+        "loss": cfg.codec, "lambda": cfg.lmbda, "lambda2": cfg.lambda2 or None, "steps": cfg.steps,
+        "crop": cfg.crop, "batch_size": cfg.batch_size, "seed": cfg.seed, "train_dir": str(cfg.train_dir),
+        "train_images": train_images, "masks": str(cfg.masks) if cfg.masks else None,
+        "masks_params": _mask_params(cfg.masks) if cfg.codec in MASKED else None,
+        "init": cfg.init, "final_eval": final_eval,
+    }  # fmt: skip
 
 
 def _model_from_state(cfg: TrainConfig, state: dict[str, Any]) -> nn.Module:

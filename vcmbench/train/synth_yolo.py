@@ -163,10 +163,16 @@ def model_yaml(recipe: Recipe, nc: int, dest: Path) -> Path:
 
 # ---- export ---------------------------------------------------------------------------------------------
 def export_checkpoint(src: Path, dest: Path) -> str:
-    """Copy an Ultralytics checkpoint for committing: float16 model (EMA), no optimizer, no temp paths."""
+    """Copy an Ultralytics checkpoint for committing: float16 model (EMA), no optimizer, no temp paths.
+
+    ``src`` is unpickled by the restricted unpickler (:mod:`vcmbench.models.safe_pickle`): a file holding
+    anything but tensors, torch/numpy data and Ultralytics model classes is refused, not run.
+    """
     import torch
 
-    ckpt = torch.load(str(src), map_location="cpu", weights_only=False)
+    from ..models.safe_pickle import load_checkpoint
+
+    ckpt = load_checkpoint(src, "ultralytics")
     model = ckpt.get("ema") or ckpt["model"]
     args = dict(ckpt.get("train_args") or {})
     for key in ("data", "project", "name", "save_dir", "model", "cfg"):
