@@ -54,15 +54,24 @@ class RunContext:
                 failed.append(item.id)
         return keys, preds, done, failed
 
-    def needs_evaluation(self, u: WorkUnit) -> bool:
-        """Not evaluated yet, evaluated with failed items (retried on every run), or stored without the
-        rates of its groups."""
+    def needs_evaluation(self, u: WorkUnit, keep: frozenset[str] | None = None, scope: bool = True) -> bool:
+        """Not evaluated yet, evaluated with failed items (retried on every run), stored without the rates of
+        its groups, or (with ``scope``) scored on other items than it should be now: ``keep`` (the items every
+        unit of its table finished), or, when None, all it finished."""
         cached = self.store.evaluation(u.key)
         if cached is None or bool(cached["n_failed"]):
             return True
         # stored before groups had rates of their own: its grouped rows would carry the unit's rate
         grouped = any("/" in m for m in json.loads(cached["metrics"]))
-        return grouped and cached["group_rates"] is None and not u.is_reference
+        if grouped and cached["group_rates"] is None and not u.is_reference:
+            return True
+        if not scope:
+            return False
+        left_out = set(json.loads(cached["left_out"] or "[]"))
+        if keep is None:
+            return bool(left_out)
+        ids = {it.id for it in self.res.datasets[u.dataset].items}
+        return ids - set(json.loads(cached["failed_items"] or "[]")) - left_out != keep
 
 
 # ---- progress bars ---------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ images. A unit scored on fewer items than it finished records those it left out,
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,7 +30,7 @@ def evaluate_stage(ctx: RunContext, units: Sequence[WorkUnit], scorer: Backgroun
     scope = common_scope(ctx, units) if common_items else {}
     for u in progress(units, ctx.progress, desc="evaluate"):
         keep = scope.get(u.key)
-        if ctx.needs_evaluation(u) or not _scored_on(ctx, u, keep):
+        if ctx.needs_evaluation(u, keep):
             evaluate_unit(ctx, u, scorer, keep)
     return ctx.store.tidy_rows(ctx.run_id)
 
@@ -55,19 +54,6 @@ def common_scope(ctx: RunContext, units: Sequence[WorkUnit]) -> dict[str, frozen
         common = frozenset.intersection(*finished) if finished else frozenset()
         scope.update(dict.fromkeys((u.key for u in members), common))
     return scope
-
-
-def _scored_on(ctx: RunContext, u: WorkUnit, keep: frozenset[str] | None) -> bool:
-    """Whether the stored evaluation of ``u`` was scored on exactly the items it should be now."""
-    cached = ctx.store.evaluation(u.key)
-    if cached is None:
-        return False
-    left_out = set(json.loads(cached["left_out"] or "[]"))
-    if keep is None:
-        return not left_out
-    ids = {it.id for it in ctx.res.datasets[u.dataset].items}
-    scored = ids - set(json.loads(cached["failed_items"] or "[]")) - left_out
-    return scored == keep
 
 
 def evaluate_unit(ctx: RunContext, u: WorkUnit, scorer: BackgroundScorer, keep: frozenset[str] | None = None) -> None:

@@ -44,7 +44,7 @@ def pending_predictions(ctx: RunContext, units: Sequence[WorkUnit], background: 
                     queued.add(key)
                     pending[u.task].append((u, item, sha, key))
         task = ctx.res.tasks[u.task]
-        if wants_background(ctx.res.scoring, task.background_scoring, unit_size(ctx, u)) and ctx.needs_evaluation(u):
+        if wants_background(ctx.res.scoring, task.background_scoring, unit_size(ctx, u)) and ctx.needs_evaluation(u, scope=False):
             background.watch(u, missing)
     background.start(len(queued))
     return pending
