@@ -18,12 +18,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from vcmbench.errors import WeightsError
 from vcmbench.media.hashing import file_sha256
-
-torch = pytest.importorskip("torch")
-
 from vcmbench.models.safe_pickle import (  # noqa: E402
     FAMILIES,
     RestrictedUnpickler,
@@ -98,22 +96,18 @@ KINDS = ["os.system", "builtins.exec", "a function that writes a file", "a neste
 
 
 def _yolov5_task(path: Path, sha: str) -> Any:
-    pytest.importorskip("yolov5")
-    from vcmbench.tasks.yolov5 import YOLOv5Task
+    from vcmbench.tasks.yolov5 import YOLOv5Task  # yolov5 is a core dependency: no skip
 
     return YOLOv5Task(weights=str(path), sha256=sha, device="cpu")
 
 
 def _yolov7_task(path: Path, sha: str) -> Any:
-    pytest.importorskip("yolov5")
-    pytest.importorskip("yolov7_package")
-    from vcmbench.tasks.yolov7 import YOLOv7Task
+    from vcmbench.tasks.yolov7 import YOLOv7Task  # yolov5 and yolov7-package are core dependencies: no skip
 
     return YOLOv7Task(weights=str(path), sha256=sha, device="cpu")
 
 
 def _ultralytics_task(path: Path, sha: str) -> Any:
-    pytest.importorskip("ultralytics")
     from vcmbench.tasks.ultralytics_yolo import UltralyticsDetectTask
 
     return UltralyticsDetectTask(weights=str(path), sha256=sha, device="cpu")
@@ -143,7 +137,6 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path: Path, loader
 
 
 def test_synth_export_refuses_a_malicious_training_checkpoint(tmp_path: Path) -> None:
-    pytest.importorskip("ultralytics")
     from vcmbench.train.synth_yolo import export_checkpoint
 
     path, marker, refused = _malicious(tmp_path, "os.system")
@@ -181,7 +174,6 @@ def test_a_refused_module_is_not_even_imported(tmp_path: Path, monkeypatch: pyte
 
 
 def test_model_classes_are_rebuilt_never_called_and_state_never_set_on_a_class() -> None:
-    pytest.importorskip("yolov5")
     import yolov5.models.yolo as v5_yolo
 
     u = _unpickler(b"")
@@ -212,7 +204,6 @@ def test_getattr_reaches_module_attributes_only() -> None:
 
 def test_a_name_missing_from_the_model_code_is_a_plain_load_error() -> None:
     """A foreign checkpoint (a YOLOv5 class the yolov7 code lacks) is not reported as a threat."""
-    pytest.importorskip("yolov7_package")
     with pytest.raises(pickle.UnpicklingError, match="yolov7_package.models.common.C3 does not exist") as err:
         _unpickler(b"", "yolov7").find_class("models.common", "C3")
     assert not isinstance(err.value, UnsafeCheckpointError)
@@ -220,7 +211,6 @@ def test_a_name_missing_from_the_model_code_is_a_plain_load_error() -> None:
 
 # -- the real checkpoints still load ----------------------------------------------------------------------------
 def test_official_yolov5n_loads(yolov5n_weights: Path) -> None:
-    pytest.importorskip("yolov5")
     ckpt = load_checkpoint(yolov5n_weights, "yolov5")
     model = ckpt["model"]
     assert type(model).__module__ == "yolov5.models.yolo" and len(model.names) == 80 and model.yaml["nc"] == 80
@@ -233,7 +223,6 @@ def test_committed_synth_weights_load_and_predict_without_an_unrestricted_load(
 ) -> None:
     """Ultralytics' own loader is replaced while the model loads; the predictor then reuses the loaded model
     (no torch.load of its own)."""
-    pytest.importorskip("ultralytics")
     from vcmbench.tasks.ultralytics_yolo import UltralyticsDetectTask, UltralyticsSegmentTask
 
     path = SYNTH / f"{name}.pt"
@@ -253,7 +242,6 @@ def test_committed_synth_weights_load_and_predict_without_an_unrestricted_load(
 def test_synth_export_of_a_training_checkpoint(tmp_path: Path) -> None:
     """What Ultralytics' trainer saves (EMA model with its args namespace, optimizer state, numpy metrics,
     paths) loads through the restricted unpickler and is exported without the optimizer."""
-    pytest.importorskip("ultralytics")
     from ultralytics.utils import IterableSimpleNamespace
 
     from vcmbench.train.synth_yolo import export_checkpoint
