@@ -19,16 +19,10 @@ from vcmbench.datasets.visdrone import VisDroneDataset
 from vcmbench.run import RunConfig, run
 from vcmbench.run.resolve import SelectedDataset, check_pairs
 from vcmbench.tasks.classes import COCO80_TO_COCO91, ClassMapError, check_setting, class_map, normalise_name
-
-from .test_visdrone import write_visdrone
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("yolov5")
-pytest.importorskip("yolov7_package")
-
 from vcmbench.tasks.yolov5 import YOLOv5Task  # noqa: E402
 from vcmbench.tasks.yolov7 import YOLOv7Task  # noqa: E402
 
+from .test_visdrone import write_visdrone
 from .yolov5_models import build_random_yolov5n, save_yolov5_checkpoint  # noqa: E402
 from .yolov7_models import build_random_yolov7_tiny, save_upstream_checkpoint  # noqa: E402
 
