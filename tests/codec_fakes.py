@@ -1,9 +1,10 @@
-"""Named fake for the common-items tests: an encoder that fails on one particular picture (a crash that only
-some content triggers). It is the real JPEG encoder for every other picture."""
+"""Named fakes of encoders that fail: on one particular picture (a crash that only some content triggers; the
+common-items tests), or while a marker file exists (the rerun tests). They are the real JPEG encoder otherwise."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import numpy as np
@@ -21,4 +22,18 @@ class FailsOnOnePicture(JpegCodec):
     def encode(self, image: np.ndarray, quality: Any) -> Bitstream:
         if hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() == self.fail_pixels_sha256:
             raise CodecError("fake encoder crash on this picture")
+        return super().encode(image, quality)
+
+
+class FailsWhileFileExists(JpegCodec):
+    """Named fake: the real JPEG encoder, except that every encode fails while the file ``marker`` exists (a
+    broken encoder build, fixed between two runs without changing the card)."""
+
+    def __init__(self, marker: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.marker = marker
+
+    def encode(self, image: np.ndarray, quality: Any) -> Bitstream:
+        if os.path.exists(self.marker):
+            raise CodecError(f"fake encoder failure while {self.marker} exists")
         return super().encode(image, quality)

@@ -1,8 +1,9 @@
 """Named fakes for the Ray tests: a worker process dying in the middle of a job (OOM killer, lost node),
-and an encoder as slow as the real ones a cluster is for (VTM: tens of seconds per image).
+an encoder as slow as the real ones a cluster is for (VTM: tens of seconds per image), and a decoder
+failing on some pictures.
 
-Neither can be produced on demand here, so these are the real adapters, except that they SIGKILL
-their own process at a chosen moment, or take at least a set time per encode. Ray workers import them by card (``adapter:
+None can be produced on demand here, so these are the real adapters, except that they SIGKILL
+their own process at a chosen moment, take at least a set time per encode, or raise in ``decode``. Ray workers import them by card (``adapter:
 tests.ray_fakes:SelfKillingJpeg``): Ray puts the driver's working directory on the workers'
 ``sys.path``, and the tests run from the repository root. This module stays light (no PyTorch):
 every encode worker imports it.
@@ -20,6 +21,7 @@ import numpy as np
 
 from vcmbench.codecs.base import Bitstream
 from vcmbench.codecs.jpeg import JpegCodec
+from vcmbench.errors import CodecError
 
 
 def kill_self(marker: Path, once: bool) -> None:
@@ -76,3 +78,17 @@ class SlowJpeg(JpegCodec):
         bs = super().encode(image, quality)
         time.sleep(max(0.0, self.min_seconds - (time.perf_counter() - t0)))
         return bs
+
+
+class FailsToDecodeOne(JpegCodec):
+    """Named fake: the real JPEG codec whose decoder fails on pictures ``fail_height`` pixels high (a decoder
+    that crashes on some content), with an error of its own, in whichever process decodes."""
+
+    def __init__(self, fail_height: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.fail_height = int(fail_height)
+
+    def decode(self, bitstream: Bitstream) -> np.ndarray:
+        if bitstream.height == self.fail_height:
+            raise CodecError(f"fake decoder failure on a picture {self.fail_height} pixels high")
+        return super().decode(bitstream)

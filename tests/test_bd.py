@@ -193,6 +193,53 @@ def test_random_curves_match_package(method: str, kind: str) -> None:
     assert compared_metric > 100
 
 
+def dipping_map_curve(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A saturating mAP curve whose first or last point (or both) dips against the trend, as mAP does at the
+    lowest rates and where a high rate adds only noise."""
+    bpp, m = map_like_curve(rng, n)
+    m = m.copy()
+    ends = {0: [0], 1: [-1], 2: [0, -1]}[int(rng.integers(0, 3))]
+    for end in ends:
+        nxt = m[1] if end == 0 else m[-2]
+        m[end] = nxt - (1 if end == -1 else -1) * rng.uniform(0.001, 0.03)  # the dip: against the rise
+    return bpp, m
+
+
+def pchip_end_clamped(rate: np.ndarray, metric: np.ndarray) -> bool:
+    """Whether an end slope of the pchip interpolant of metric over log10-rate needs the 3x-secant limit of the
+    Fritsch-Carlson / Moler rule: the secants next to that end differ in sign and the three-point slope is
+    steeper than 3 times the end secant."""
+    x, y = np.log10(rate), metric
+    for h0, h1, s0, s1 in (
+        (x[1] - x[0], x[2] - x[1], (y[1] - y[0]) / (x[1] - x[0]), (y[2] - y[1]) / (x[2] - x[1])),
+        (x[-1] - x[-2], x[-2] - x[-3], (y[-1] - y[-2]) / (x[-1] - x[-2]), (y[-2] - y[-3]) / (x[-2] - x[-3])),
+    ):
+        d = ((2 * h0 + h1) * s0 - h0 * s1) / (h0 + h1)
+        if np.sign(s0) != np.sign(s1) and np.sign(d) == np.sign(s0) and abs(d) > 3 * abs(s0):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("method", ["pchip", "akima"])
+def test_non_monotonic_curves_match_package_bd_metric(method: str) -> None:
+    """BD-metric on curves that dip at an end (interpolating the metric over log-rate needs only distinct
+    rates, so the package computes these for pchip and akima too). With pchip, many of them need the end-slope
+    limit, which monotone curves never reach."""
+    rng = np.random.default_rng(2024 + METHODS.index(method))
+    compared = clamped = 0
+    for _ in range(150):
+        na, nt = (int(v) for v in rng.integers(4, 7, size=2))
+        (ra, ma), (rt, mt) = dipping_map_curve(rng, na), dipping_map_curve(rng, nt)
+        ref = ref_bd_metric(ra, ma, rt, mt, method)
+        if math.isnan(ref):
+            continue
+        assert bd_metric(ra, ma, rt, mt, method=method) == pytest.approx(ref, abs=1e-6)
+        compared += 1
+        clamped += pchip_end_clamped(ra, ma) or pchip_end_clamped(rt, mt)
+    assert compared > 120
+    assert clamped > 75  # (the same curves for akima, where the limit does not apply)
+
+
 @pytest.mark.parametrize("method", ["pchip", "akima"])
 def test_two_point_curves_match_package(method: str) -> None:
     ra, ma = [0.1, 1.0], [0.2, 0.5]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import shutil
 from pathlib import Path
@@ -134,6 +135,27 @@ def test_trained_checkpoint_rate_matches_the_likelihood_estimate() -> None:
             real = 8 * len(bs.data) / (image.shape[0] * image.shape[1])
             assert abs(real - est["bpp"]) / est["bpp"] < 0.03, (q, real, est["bpp"])
             assert np.array_equal(codec.decode(bs), est["image"])
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10.0 * math.log10(255.0**2 / mse)
+
+
+def test_trained_codec_reconstructs_each_colour_channel_of_an_unseen_image() -> None:
+    """The shipped ``lic`` checkpoint (trained on coco-mini) on a photograph it never saw (scikit-image's coffee
+    cup: red, white and blue-grey): the decoded red and blue channels match the input's own red and blue far
+    better than each other's, and the image is far closer to its input than the input is to itself with red
+    and blue swapped. A codec fed BGR instead of RGB returns the channels swapped (measured: 26 dB -> 6 dB)."""
+    from skimage import data
+
+    codec = build(CardSet().get("codec", "lic"))
+    image = np.ascontiguousarray(data.coffee()[100:292, 100:356])
+    (q,) = codec.keys
+    decoded = codec.decode(codec.encode(image, q))
+    for own, other in ((0, 2), (2, 0)):
+        assert _psnr(decoded[..., own], image[..., own]) > _psnr(decoded[..., own], image[..., other]) + 10.0
+    assert _psnr(decoded, image) > _psnr(image[..., ::-1], image) + 10.0
 
 
 # ---- cards, rate points, identity -------------------------------------------------------------------

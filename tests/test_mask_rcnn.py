@@ -194,7 +194,6 @@ def test_light_model_output_format(tmp_path: Path, synth_val: Any) -> None:
     assert task.version().startswith("1+torchvision+weights.sha256:")
 
 
-@pytest.mark.skipif(not SYNTH_WEIGHTS.is_file(), reason="weights/synth/synth_maskrcnn.pt not trained yet")
 def test_synth_model_beats_random_weights(tmp_path: Path, synth_val: Any) -> None:
     """The trained light model scores well on synth val; the same architecture with random weights does not."""
     card = CardSet().get("task", "synth_maskrcnn")

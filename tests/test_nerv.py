@@ -311,7 +311,10 @@ def test_rate_points_trade_bytes(nerv_codec: NeRVCodec, clip: Clip, encoded) -> 
     unpruned = nerv_codec.encode_result(clip, 2)  # no pruning, 6 bits
     assert parse_header(unpruned.data).bits == 6 and unpruned.stats["pruned"] == 0
     assert unpruned.stats["parameters"] == encoded.stats["parameters"]
-    assert len(unpruned.data) != len(encoded.data)
+    # every parameter coded with a 6-bit symbol, none of them the pruned-weight marker (64 at 6 bits)
+    header, tensors = parse_bitstream(unpruned.data)
+    symbols = np.concatenate([qt.symbols.ravel() for qt in tensors])
+    assert header.bits == 6 and symbols.size == unpruned.stats["parameters"] and int(symbols.max()) < 64
 
 
 def test_rate_point_validation() -> None:

@@ -383,7 +383,6 @@ def test_settings_are_checked() -> None:
     assert PanopticDeepLabConfig.from_dict(CITYSCAPES_R52_DC5.to_dict()) == CITYSCAPES_R52_DC5
 
 
-@pytest.mark.skipif(not SYNTH_WEIGHTS.is_file(), reason="weights/synth/synth_panoptic.pt not trained yet")
 def test_synth_model_beats_random_weights(tmp_path: Path, synth_val: Any) -> None:
     """The trained light model scores well on synth val; the same architecture with random weights does not."""
     trained = build(CardSet().get("task", "synth_panoptic"))

@@ -16,9 +16,6 @@ import torch
 from vcmbench.cli import main
 from vcmbench.run import RunConfig, run
 
-REPO = Path(__file__).resolve().parent.parent
-WEIGHTS = [REPO / "weights" / "synth" / f"{n}.pt" for n in ("synth_maskrcnn", "synth_panoptic")]
-pytestmark = pytest.mark.skipif(not all(w.is_file() for w in WEIGHTS), reason="synth task weights not trained yet")
 TASKS = ["synth_maskrcnn", "synth_panoptic"]
 
 

@@ -35,6 +35,7 @@ from .ray_support import (  # noqa: F401 - fixtures
     N_IMAGES,
     QUALITIES,
     alive,
+    cannot_isolate,
     in_private_netns,
     isolated,
     local_reference_fixture,
@@ -63,11 +64,11 @@ def test_ray_suite_in_private_network_namespace(shared: Path) -> None:
     if in_private_netns():
         pytest.skip("already inside a private network namespace: the Ray tests run directly")
     if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.skip("the Ray tests need `unshare` and `ip` (util-linux, iproute2) to make a loopback-only namespace")
+        cannot_isolate("the Ray tests need `unshare` and `ip` (util-linux, iproute2) to make a loopback-only namespace")
     probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, text=True)
     if probe.returncode != 0:
-        pytest.skip(f"`unshare -n` is not permitted here ({probe.stderr.strip()}): the Ray tests need a private "
-                    "network namespace (root or CAP_SYS_ADMIN); they were not run")  # fmt: skip
+        cannot_isolate(f"`unshare -n` is not permitted here ({probe.stderr.strip()}): the Ray tests need a private "
+                       "network namespace (root or CAP_SYS_ADMIN); they were not run")  # fmt: skip
     files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_ray*.py"))
     cmd = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
            sys.executable, "-m", "pytest", "-m", "ray", "-q", "-p", "no:cacheprovider", "-rA",
@@ -83,6 +84,28 @@ def test_ray_suite_in_private_network_namespace(shared: Path) -> None:
     # everything passed except this gate, which skips itself inside the namespace
     assert counts.get("passed", 0) >= 5 and counts.get("skipped") == 1 and set(counts) == {"passed", "skipped"}, summary
     print(f"Ray tests in the namespace: {summary} ({time.monotonic() - t0:.0f} s)")
+
+
+def test_the_gate_fails_in_ci_where_it_would_skip_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a developer's machine without the rights to make a namespace the Ray tests are skipped (and say so);
+    in CI (``$CI`` set, as GitHub Actions, GitLab CI and others do) that is a failure, never a green skip."""
+
+    def outcome() -> type[BaseException]:
+        try:  # caught here: a skip escaping this test would report it as skipped, not failed
+            cannot_isolate("no namespace here")
+        except (pytest.fail.Exception, pytest.skip.Exception) as exc:
+            assert "no namespace here" in str(exc)
+            return type(exc)
+        raise AssertionError("cannot_isolate returned")
+
+    for value in ("true", "1"):
+        monkeypatch.setenv("CI", value)
+        assert outcome() is pytest.fail.Exception
+    for unset in ("", "false", "0"):
+        monkeypatch.setenv("CI", unset)
+        assert outcome() is pytest.skip.Exception
+    monkeypatch.delenv("CI")
+    assert outcome() is pytest.skip.Exception
 
 
 def test_ls_and_runner_import_neither_ray_nor_torch() -> None:
@@ -254,6 +277,32 @@ def test_killed_workers_are_retried_then_failed_and_nothing_is_lost_or_duplicate
     pd.testing.assert_frame_equal(t[t.quality != "70"].reset_index(drop=True), tidy(local_reference, renamed))
     q70 = t[(t.quality == "70") & (t.metric == "map")]
     assert list(q70.n_items) == [n - 1] and list(q70.n_failed) == [1] and q70.value.notna().all()
+
+
+@isolated
+def test_a_decode_error_inside_the_model_actor_fails_that_item_only(
+    tmp_path: Path, ray_local: str, ray_grid: tuple[Path, Path], local_reference: RunReport
+) -> None:
+    """A decoder failing on one picture (image 139, 426 px high), in the decode task whose result the model
+    actor fetches: that item fails, with the decoder's own error; the other items of its batch are predicted
+    and scored as in the local run."""
+    coco, weights = ray_grid
+    cards = write_fake_cards(tmp_path / "cards", {"fail_height": 426}, codec=("jpeg-undecodable", "FailsToDecodeOne"))
+    q = QUALITIES[0]
+    cfg = config(tmp_path / "o", coco, weights, codecs=["jpeg-undecodable"], qualities={"jpeg-undecodable": [q]},
+                 cards_dirs=[str(cards)], executor="ray", common_items=False)  # fmt: skip
+    report = run(cfg)
+    assert report.status == "failed"
+    assert [(f.stage, f.unit, f.item) for f in report.failures] == [("decode", f"coco/yolov5/jpeg-undecodable@{q}", "139")]
+    assert "fake decoder failure on a picture 426 pixels high" in report.failures[0].error
+    n = N_IMAGES
+    assert report.work == {"encodes": n, "decodes": n - 1, "inferences": 2 * n - 1, "evaluations": 2}
+    t = tidy(report, {"jpeg-undecodable": "jpeg"})
+    ref = tidy(local_reference, {"jpeg-undecodable": "jpeg"})
+    uncompressed = [x[x.codec == "uncompressed"].reset_index(drop=True) for x in (t, ref)]
+    pd.testing.assert_frame_equal(*uncompressed)
+    coded = t[(t.codec == "jpeg") & (t.metric == "map")]
+    assert list(coded.n_items) == [n - 1] and list(coded.n_failed) == [1] and coded.value.notna().all()
 
 
 def _encoders_under(pid: int) -> list[psutil.Process]:

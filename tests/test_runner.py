@@ -141,8 +141,15 @@ def test_both_coco_backends_give_the_same_run_table_and_provenance_names_the_one
     small_coco(coco_mini, coco, 6)
     monkeypatch.delenv(BACKEND_ENV, raising=False)
     fast = run(config(tmp_path / "fast", coco, yolov5n_weights, qualities={"jpeg": [20]}))
-    ref = run(config(tmp_path / "ref", coco, yolov5n_weights, qualities={"jpeg": [20]}, coco_eval="pycocotools"))
-    assert os.environ[BACKEND_ENV] == "pycocotools"  # what processes started by the run inherit
+    seen: list[str | None] = []
+    ref = run(config(tmp_path / "ref", coco, yolov5n_weights, qualities={"jpeg": [20]}, coco_eval="pycocotools"),
+              log=lambda msg: seen.append(os.environ.get(BACKEND_ENV)))  # fmt: skip
+    assert seen and set(seen) == {"pycocotools"}  # while it runs: what the processes it starts inherit
+    # and only while it runs: a later run in this process without a choice uses the default again
+    assert BACKEND_ENV not in os.environ
+    again = run(config(tmp_path / "fast", coco, yolov5n_weights, qualities={"jpeg": [20]}))
+    assert again.work["evaluations"] == 0
+    assert json.loads((again.run_dir / "run.json").read_text())["provenance"]["coco_eval"] == "faster_coco_eval"
     cols = ["codec", "quality", "metric", "value", "bpp", "n_items", "n_failed"]
     a, b = _table(fast)[cols], _table(ref)[cols]
     assert (a.metric == "map").any() and a.value.notna().all()

@@ -90,8 +90,8 @@ def test_masked_training_needs_masks_for_every_image(photos: Path, tmp_path: Pat
 
 
 def test_tlicm_feature_loss_uses_the_detector(photos: Path, tmp_path: Path, yolov5n_weights: Path) -> None:
-    cfg = tiny(tmp_path / "tl", photos, codec="tlicm", lambda2=0.5, detector_weights=str(yolov5n_weights), steps=2,
-               val_every=1)  # fmt: skip
+    cfg = tiny(tmp_path / "tl", photos, codec="tlicm", tl_objective="features", lambda2=0.5,
+               detector_weights=str(yolov5n_weights), steps=2, val_every=1)  # fmt: skip
     result = train(cfg)
     rows = read_log(tmp_path / "tl" / "log.csv")
     assert all(r["feature_mse"] > 0 for r in rows)
@@ -100,7 +100,7 @@ def test_tlicm_feature_loss_uses_the_detector(photos: Path, tmp_path: Path, yolo
         assert r["loss"] == pytest.approx(expected, rel=1e-4)
     assert torch.load(result.checkpoint, weights_only=True)["meta"]["loss"] == "tlicm"
     with pytest.raises(TrainError, match="--detector-weights"):
-        train(tiny(tmp_path / "tl2", photos, codec="tlicm", lambda2=0.5))
+        train(tiny(tmp_path / "tl2", photos, codec="tlicm", tl_objective="features", lambda2=0.5))
 
 
 def test_train_cli_writes_a_checkpoint_the_codec_uses(photos: Path, tmp_path: Path,

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from vcmbench.cards import CardSet
 from vcmbench.errors import WeightsError
 from vcmbench.media.hashing import file_sha256
 from vcmbench.weights import cache_dir, resolve_weights
 
+REPO = Path(__file__).resolve().parent.parent
 PAYLOAD = b"not really a checkpoint, but bytes with a known sha256\n" * 100
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 WRONG_SHA = "0" * 64
@@ -149,3 +151,17 @@ def test_unwritable_cache_is_a_weights_error(
     monkeypatch.delenv("VCMBENCH_WEIGHTS_DIR", raising=False)
     with pytest.raises(WeightsError, match="VCMBENCH_CACHE"):
         resolve_weights(None, source.as_uri(), PAYLOAD_SHA, "yolov5n.pt", "task yolov5")
+
+
+def test_shipped_weights_are_present() -> None:
+    """The weights this repository ships (committed under weights/): the synth task models and the learned
+    codecs' checkpoints, at the paths their cards name. The tests using them fail on a missing file, never
+    skip it."""
+    cards = CardSet()
+    paths = [cards.get("task", t).settings["weights"] for t in ("synth_det", "synth_seg", "synth_maskrcnn",
+                                                                 "synth_panoptic")]  # fmt: skip
+    for codec in ("lic", "objicm", "saicm", "tlicm"):
+        paths += [point["checkpoint"] for point in cards.get("codec", codec).settings["rate_points"].values()]
+    assert len(paths) == 10 and all(str(p).startswith("weights/") for p in paths)
+    missing = [p for p in paths if not (REPO / p).is_file()]
+    assert not missing, f"shipped weights missing: {missing}; restore them (git checkout -- weights/)"

@@ -206,14 +206,33 @@ def test_evaluate_empty_predictions_gives_zeros(task: YOLOv5Task, dataset: CocoD
     assert coco_bbox_eval(dataset.coco_gt(), [], [])["map"] == 0.0
 
 
-def test_evaluate_restricted_to_given_images(
-    task: YOLOv5Task, dataset: CocoDataset, predictions: dict
-) -> None:
-    subset = {k: predictions[k] for k in ("139", "18575", "73326")}
-    full = task.evaluate(predictions, dataset)
-    part = task.evaluate(subset, dataset)
-    assert part["map"] != full["map"]
-    assert 0 < part["map"] <= 1
+def test_evaluate_scores_the_predicted_images_only(task: YOLOv5Task, dataset: CocoDataset) -> None:
+    """Predictions for 3 of the 79 images (what ``--limit 3`` scores) are scored against those 3 images' ground
+    truth only. Detections equal to the ground-truth boxes give mAP 1. With one image's detections left out,
+    each category reaches recall found/annotated at precision 1, so its AP is the share of COCO's 101 recall
+    thresholds (0, 0.01, ..., 1) up to that recall, and mAP their mean over the categories annotated."""
+    gt = dataset.coco_gt()
+    to_class = {cat: cls for cls, cat in task.category_map(dataset).items()}
+
+    def annotations(item_id: str) -> list[dict]:
+        return gt.loadAnns(gt.getAnnIds(imgIds=[int(item_id)], iscrowd=False))
+
+    def perfect(item_id: str) -> list[list[float]]:
+        return [[x, y, x + w, y + h, 1.0, to_class[a["category_id"]]]
+                for a in annotations(item_id) for x, y, w, h in [a["bbox"]]]  # fmt: skip
+
+    ids = ("139", "18575", "73326")
+    assert all(0 < len(annotations(i)) <= 100 for i in ids)  # COCO's mAP counts at most 100 detections an image
+    metrics = task.evaluate({i: perfect(i) for i in ids}, dataset)
+    assert (metrics["map"], metrics["map50"]) == pytest.approx((1.0, 1.0), abs=1e-12)
+
+    found = {i: perfect(i) for i in ids[:2]} | {ids[2]: []}
+    annotated = collections.Counter(a["category_id"] for i in ids for a in annotations(i))
+    hit = collections.Counter(a["category_id"] for i in ids[:2] for a in annotations(i))
+    thresholds = np.linspace(0.0, 1.0, 101)
+    ap = [float(np.mean(thresholds <= hit[c] / n)) for c, n in annotated.items()]
+    assert len(ap) > 1 and 0 < np.mean(ap) < 1
+    assert task.evaluate(found, dataset)["map"] == pytest.approx(float(np.mean(ap)), abs=1e-12)
 
 
 def test_corrupt_checkpoint_is_a_weights_error(tmp_path: Path) -> None:

@@ -278,10 +278,19 @@ def test_category_ids_are_coco91(task: YOLOv7Task, predictions: dict[str, Any], 
 def test_evaluate_small_coco(task: YOLOv7Task, predictions: dict[str, Any], coco: CocoDataset) -> None:
     metrics = task.evaluate(predictions, coco)
     assert set(task.metrics) == {"map", "map50"} <= set(metrics)
-    for name in ("map", "map50", "map75", "ar100"):
-        assert isinstance(metrics[name], float) and 0.0 <= metrics[name] <= 1.0, metrics
     assert metrics["map50"] >= metrics["map"]
     assert task.evaluate(dict.fromkeys(predictions, []), coco)["map"] == 0.0
+    # the ground-truth boxes as detections (through the class map back to the model's classes) score 1
+    gt = coco.coco_gt()
+    to_class = {cat: cls for cls, cat in task.category_map(coco).items()}
+    perfect = {
+        item_id: [[x, y, x + w, y + h, 1.0, to_class[a["category_id"]]]
+                  for a in gt.loadAnns(gt.getAnnIds(imgIds=[int(item_id)], iscrowd=False))
+                  for x, y, w, h in [a["bbox"]]]
+        for item_id in predictions
+    }  # fmt: skip
+    scores = task.evaluate(perfect, coco)
+    assert [scores[m] for m in ("map", "map50", "map75", "ar100")] == pytest.approx([1.0] * 4, abs=1e-12), scores
 
 
 # -- errors ---------------------------------------------------------------------------------------------

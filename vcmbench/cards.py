@@ -5,7 +5,8 @@ top-level ``codecs/``, ``tasks/`` and ``datasets/`` folders of the repository;
 users add folders of their own with ``--cards DIR`` (each may hold ``codecs/``,
 ``tasks/`` and ``datasets/`` sub-folders, or cards with an explicit ``kind:``).
 
-A broken card is always a loud error naming the file: cards are never skipped.
+A broken card is always a loud error naming the file: cards are never skipped. Cards and ``--set``
+values are read with YAML 1.2 rules (:mod:`vcmbench.yaml12`), so ``subsampling: 4:2:0`` is a string.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from . import yaml12
 from .media.hashing import stable_hash
 from .registry import REGISTRIES, did_you_mean
 
@@ -102,7 +104,7 @@ def _expand_defaults(text: str) -> str:
 def load_card(path: Path, kind: str | None = None) -> Card:
     """Read and validate one card file."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml12.load(path.read_text())
     except yaml.YAMLError as exc:
         raise CardError(f"{path}: not valid YAML: {exc}") from exc
     except OSError as exc:
@@ -196,15 +198,26 @@ class CardSet:
 
 
 def parse_overrides(pairs: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Parse ``--set card.key=value`` pairs (value parsed as YAML) into {card: {key: value}}."""
+    """Parse ``--set card.key=value`` pairs into {card: {key: value}}; values are read as YAML 1.2
+    (:mod:`vcmbench.yaml12`: ``4:2:0`` and ``yes`` stay strings, only ``true``/``false`` are booleans)."""
     out: dict[str, dict[str, Any]] = {}
     for pair in pairs:
         if "=" not in pair or "." not in pair.split("=", 1)[0]:
             raise CardError(f"--set {pair!r}: expected CARD.KEY=VALUE, e.g. --set yolov5.weights=/path/yolov5n.pt")
         key, value = pair.split("=", 1)
         card, setting = key.split(".", 1)
-        out.setdefault(card, {})[setting] = _expand(yaml.safe_load(value)) if value else None
+        out.setdefault(card, {})[setting] = _expand(_override_value(card, setting, value)) if value else None
     return out
+
+
+def _override_value(card: str, setting: str, value: str) -> Any:
+    try:
+        return yaml12.load(value)
+    except yaml.YAMLError as exc:
+        raise CardError(
+            f"--set {card}.{setting}={value}: the value is not valid YAML ({exc}); to pass it as a string, "
+            f"quote it inside the argument: --set '{card}.{setting}=\"{value}\"'"
+        ) from None
 
 
 def resolve_card_path(value: str | None, card: Card) -> str | None:

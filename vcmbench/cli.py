@@ -1,4 +1,4 @@
-"""``vcmbench`` command line: run, ls, validate, plot, report, compare, export.
+"""``vcmbench`` command line: run, ls, validate, plot, report, compare, export, inspect (and train, masks).
 
 Exit codes: 0 success; 1 the run finished with failed items or ``compare`` found
 a regression (finished results are kept either way); 2 a usage or configuration
@@ -236,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_masks_parser(sub)  # vcmbench/train/commands.py
     add_train_parser(sub)
+
+    ins = sub.add_parser("inspect", help="print, as JSON, what a learned-codec checkpoint (or each rate point of a "
+                         "codec card) was trained on: objective, lambda, steps, sha256 of every training image")  # fmt: skip
+    ins.add_argument("target", help="a checkpoint file, a codec card file, or a codec card name (e.g. objicm)")
+    ins.add_argument("--cards", action="append", default=[], metavar="DIR")
+    ins.add_argument("--overlap", action="append", default=[], metavar="DIR",
+                     help="also count the images under DIR (by file sha256) that are in each training set (repeatable)")  # fmt: skip
     return p
 
 
@@ -323,6 +330,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if report.rows:
         print(format_table(points_table(headline(pd.DataFrame(report.rows)))))
+    for o in report.training_overlap:  # logged before the work too; repeated where it cannot scroll away
+        if o.message():
+            print(o.message(), file=sys.stderr)
     w = report.work
     print(f"\nrun {report.run_id}: {w['encodes']} encodes, {w['decodes']} decodes, {w['inferences']} inferences, "
           f"{w['evaluations']} evaluations performed; tables in {report.run_dir}")  # fmt: skip
@@ -396,8 +406,12 @@ def _report_tables(args: argparse.Namespace) -> tuple[Any, Any, Any, str, Any, P
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report.tables import format_table, markdown_table
+    from .report.training import load_training_overlap, mark_training, training_messages
 
     points, groups, bd, anchor, opts, run_dir = _report_tables(args)
+    overlap = load_training_overlap(run_dir)
+    points = mark_training(points, overlap)
+    training = training_messages(overlap)
     caption = _bd_caption(anchor, opts)
     print("RD points:")
     print(format_table(points))
@@ -409,11 +423,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     warnings = [f"{r.codec} {r.metric}: {w}" for r in bd.itertuples() for w in str(r.warnings).split(" | ") if w]
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
+    for line in training:
+        print(line, file=sys.stderr)
     bd.to_csv(run_dir / "bd_rate.csv", index=False)
     per_group = f"# Per sequence and class\n\n{markdown_table(groups)}\n\n" if not groups.empty else ""
     listed = "".join(f"- {w}\n" for w in warnings)
+    trained = "".join(f"- {line}\n" for line in training)
     (run_dir / "report.md").write_text(
-        f"# RD points\n\n{markdown_table(points)}\n\n{per_group}# BD-rate against {anchor} ({opts.method}, "
+        (f"# Training images\n\n{trained}\n" if trained else "")
+        + f"# RD points\n\n{markdown_table(points)}\n\n{per_group}# BD-rate against {anchor} ({opts.method}, "
         f"{opts.fit} points)\n\n{caption}\n\n{markdown_table(bd.drop(columns=['warnings']), '{:.3f}')}\n"
         + (f"\nWarnings:\n\n{listed}" if listed else "")
     )
@@ -464,6 +482,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .train.inspection import inspect_target
+
+    print(json.dumps(inspect_target(args.target, args.cards, args.overlap), indent=1))
+    return 0
+
+
 def cmd_train_synth(args: argparse.Namespace) -> int:
     from .train.synth_yolo import train_synth
 
@@ -475,7 +502,7 @@ def cmd_train_synth(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "plot": cmd_plot, "report": cmd_report,
     "compare": cmd_compare, "export": cmd_export, "train-synth": cmd_train_synth,
-    "masks": cmd_masks, "train": cmd_train,
+    "masks": cmd_masks, "train": cmd_train, "inspect": cmd_inspect,
 }  # fmt: skip
 
 

@@ -21,7 +21,7 @@ from .errors import WeightsError
 from .media.hashing import file_sha256
 from .media.paths import cache_root
 
-__all__ = ["cache_dir", "resolve_weights"]
+__all__ = ["cache_dir", "local_candidates", "resolve_weights"]
 
 
 def cache_dir() -> Path:
@@ -72,8 +72,7 @@ def resolve_weights(
         )
 
     cached = cache_dir() / filename
-    env_dir = os.environ.get("VCMBENCH_WEIGHTS_DIR")
-    candidates = ([Path(os.path.expanduser(env_dir)) / filename] if env_dir else []) + [cached]
+    candidates = local_candidates(filename)
     for cand in candidates:
         if cand.is_file():
             return _verify(
@@ -91,6 +90,13 @@ def resolve_weights(
         )
     _download(url, cached, sha256, what)
     return cached
+
+
+def local_candidates(filename: str) -> list[Path]:
+    """Where :func:`resolve_weights` looks for ``filename`` before downloading it, in order:
+    ``$VCMBENCH_WEIGHTS_DIR`` (when set), then the cache."""
+    env_dir = os.environ.get("VCMBENCH_WEIGHTS_DIR")
+    return ([Path(os.path.expanduser(env_dir)) / filename] if env_dir else []) + [cache_dir() / filename]
 
 
 def _download(url: str, dest: Path, sha256: str | None, what: str) -> None:

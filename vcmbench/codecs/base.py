@@ -52,6 +52,16 @@ class Bitstream:
         return 8.0 * len(self.data) / self.pixels
 
 
+@dataclass(frozen=True)
+class TrainingSet:
+    """What the trained model a codec uses at one quality learned from, so that it is never scored on it."""
+
+    #: where the record comes from, named in warnings (e.g. a checkpoint file)
+    source: str
+    #: sha256 of every training image file; None when the weights do not record them (foreign weights)
+    images_sha256: frozenset[str] | None
+
+
 class Codec(ABC):
     """Base of every codec adapter.
 
@@ -117,6 +127,12 @@ class Codec(ABC):
                 f"{lo:g}..{hi:g}; pick values in that range (card ladder: --quality or qualities:)"
             )
         return q
+
+    def training_set(self, quality: Any) -> TrainingSet | None:
+        """The training set of the model this codec codes ``quality`` with; None for a codec with no trained
+        weights (hand-designed codecs; NeRV's fitting of each clip is its encoder, not training). A codec
+        with trained weights overrides this, so that a run warns when it is scored on its training images."""
+        return None
 
     @abstractmethod
     def encode(self, image: Any, quality: Any) -> Bitstream:

@@ -11,6 +11,28 @@ an index, or a λ) to a checkpoint file (path, or URL + sha256)::
         1: {lambda: 0.0035, checkpoint: checkpoints/saicm/q1.pt, sha256: 5b1e...}
         2: {lambda: 0.0130, url: https://example.org/q2.pt, sha256: 77aa...}
 
+A rate point may also state what its checkpoint was trained with; each is checked against
+the checkpoint's training record (``meta``) when it has one (foreign checkpoints carry none
+and are accepted), a mismatch is an error naming both:
+
+- ``lambda``, ``lambda2``: the loss weights (``meta.lambda``, ``meta.lambda2``);
+- ``alpha`` (``saicm`` only): SA-ICM's SAM threshold α, the mask folder's ``alpha``
+  (``meta.masks_params.params.alpha``, from ``vcmbench masks --source sam --alpha``). The
+  paper's rate points differ by α at one λ (0.98 / 0.93 / 0.48 at λ = 0.05); the
+  authors' released models are α 0.78 and 0.93 at λ 0.05. vcmbench reads α as SAM's
+  ``pred_iou_thresh`` (see :mod:`vcmbench.masks` for why);
+- ``tl_objective`` (``tlicm`` only): ``task`` (YOLOv5's detection loss) or ``features``
+  (MSE of early YOLOv5 features) (``meta.tl_objective``; a tlicm checkpoint without it
+  predates the task loss and was trained on features).
+
+``download_page`` (informational) says where a checkpoint that must be fetched by hand comes
+from; a missing file's error names it.
+
+Card settings of the entropy coder and padding (both change the bits; the defaults are
+vcmbench's, the official SA-ICM card sets the release's, see :mod:`vcmbench.models.lic`):
+``scale_levels`` (Gaussian scale-table size, default 256), ``pad_multiple`` (default:
+the model's, 64, or 128 for TCM) and ``pad_mode`` (``edge`` default, or ``centre-zeros``).
+
 The four adapter names share this class and differ in the training objective
 their checkpoints must carry (``meta.loss`` of a vcmbench checkpoint; foreign
 checkpoints carry none and are accepted):
@@ -23,7 +45,7 @@ checkpoints carry none and are accepted):
 - ``tlicm``: task-loss ICM, rate + λ1·MSE + λ2·‖F(x) − F(x̂)‖², F an early part of
   the evaluation detector (Le et al., ICASSP 2021; Fischer et al., 2022).
 
-Bitstreams are real: the input is padded (edge replication) to the model's stride,
+Bitstreams are real: the input is padded (``pad_mode``, edge replication by default) to ``pad_multiple``,
 ``model.compress()`` runs CompressAI's rANS coder, and the bytes are a small header
 followed by the entropy-coded strings. Rate = all of those bytes. Header (varints
 are unsigned LEB128)::
@@ -68,14 +90,16 @@ from ..errors import CodecError, QualityError, WeightsError
 from ..media.devices import resolve_device
 from ..media.hashing import stable_hash
 from ..registry import register
-from .base import Bitstream, Codec
+from .base import Bitstream, Codec, TrainingSet
 
 #: bump when the bitstream layout, the entropy parameters' arithmetic or the pre/post-processing changes
 #: (2: exact integer hyperprior, fixed one-thread arithmetic; the shipped checkpoints' bitstreams changed)
 IMPL_VERSION = "2"
 FORMAT = 2
 LOSSES = ("lic", "objicm", "saicm", "tlicm")
-RATE_POINT_KEYS = {"lambda", "lambda2", "checkpoint", "url", "sha256", "random_seed", "description"}
+RATE_POINT_KEYS = {"lambda", "lambda2", "alpha", "tl_objective", "checkpoint", "url", "sha256", "random_seed",
+                   "description", "download_page"}
+TL_OBJECTIVES = ("task", "features")
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -188,6 +212,12 @@ class RatePoint:
     lambda2: float | None = None
     #: no checkpoint: random initial weights from this seed (pipeline checks and timing only)
     random_seed: int | None = None
+    #: SA-ICM: the SAM threshold α of the masks the checkpoint was trained on
+    alpha: float | None = None
+    #: TL-ICM: ``task`` or ``features``
+    tl_objective: str | None = None
+    #: where a checkpoint fetched by hand comes from (named in the error when it is missing)
+    download_page: str | None = None
 
 
 def parse_rate_points(raw: Any, where: str) -> dict[int | float, RatePoint]:
@@ -220,18 +250,31 @@ def parse_rate_points(raw: Any, where: str) -> dict[int | float, RatePoint]:
             raise CodecError(f"{where}: rate point {key!r} downloads from {url} but has no sha256:; add it")
         if sha is not None and not _SHA_RE.match(str(sha)):
             raise CodecError(f"{where}: rate point {key!r}: sha256 {sha!r} is not 64 hex digits")
-        for name in ("lambda", "lambda2"):
-            value = spec.get(name)
-            if value is not None and not (isinstance(value, int | float) and value >= 0):
-                raise CodecError(f"{where}: rate point {key!r}: {name} must be a number >= 0, got {value!r}")
-        lmbda = spec.get("lambda")
+        _check_training_keys(spec, key, where)
+        lmbda, alpha = spec.get("lambda"), spec.get("alpha")
         if knum in points:
             raise CodecError(f"{where}: rate point {key!r} is listed twice")
         points[knum] = RatePoint(knum, None if lmbda is None else float(lmbda), ckpt, url, sha,
-                                 spec.get("lambda2"), seed)  # fmt: skip
+                                 spec.get("lambda2"), seed, None if alpha is None else float(alpha),
+                                 spec.get("tl_objective"), spec.get("download_page"))  # fmt: skip
     if len(points) > 255:
         raise CodecError(f"{where}: at most 255 rate points")
     return points
+
+
+def _check_training_keys(spec: Mapping[str, Any], key: Any, where: str) -> None:
+    """lambda / lambda2 numbers >= 0, alpha in [0, 1], tl_objective one of :data:`TL_OBJECTIVES`."""
+    for name in ("lambda", "lambda2"):
+        value = spec.get(name)
+        if value is not None and not (isinstance(value, int | float) and value >= 0):
+            raise CodecError(f"{where}: rate point {key!r}: {name} must be a number >= 0, got {value!r}")
+    alpha = spec.get("alpha")
+    if alpha is not None and not (isinstance(alpha, int | float) and 0 <= alpha <= 1):
+        raise CodecError(f"{where}: rate point {key!r}: alpha (SAM pred_iou_thresh) must lie in [0, 1], got {alpha!r}")
+    tl = spec.get("tl_objective")
+    if tl is not None and tl not in TL_OBJECTIVES:
+        raise CodecError(f"{where}: rate point {key!r}: tl_objective must be one of {', '.join(TL_OBJECTIVES)}, "
+                         f"got {tl!r}")  # fmt: skip
 
 
 def card_root(card: Card) -> Path:
@@ -251,6 +294,8 @@ class LearnedCodec(Codec):
     location_settings = ("device", "base_dir")
     #: the training objective this adapter's checkpoints must have been trained with (None: any)
     expected_loss: ClassVar[str | None] = None
+    #: rate-point keys only this adapter's objective gives meaning to
+    objective_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -259,6 +304,9 @@ class LearnedCodec(Codec):
         arch_kwargs: Mapping[str, Any] | None = None,
         device: str = "auto",
         base_dir: str | None = None,
+        scale_levels: int | None = None,
+        pad_multiple: int | None = None,
+        pad_mode: str = "edge",
     ) -> None:
         from ..models.lic import ARCHITECTURES
 
@@ -267,13 +315,24 @@ class LearnedCodec(Codec):
         self.arch = arch
         self.arch_kwargs = dict(arch_kwargs or {})
         self.points = parse_rate_points(rate_points, f"codec {self.name}")
+        self._check_objective_keys()
         self.keys = sorted(self.points)
+        self.scale_levels, self.pad_multiple, self.pad_mode = _coder_settings(self.name, scale_levels, pad_multiple,
+                                                                              pad_mode)  # fmt: skip
         self.device = device
         self.base_dir = Path(base_dir) if base_dir else Path.cwd()
         self._models: dict[int | float, Any] = {}
         self._paths: dict[int | float, Path] = {}
         self._lock = threading.Lock()
         self._torch_device: Any = None
+
+    def _check_objective_keys(self) -> None:
+        for key, point in self.points.items():
+            for name in ("alpha", "tl_objective"):
+                if getattr(point, name) is not None and name not in self.objective_keys:
+                    raise CodecError(f"codec {self.name}: rate point {key}: {name} belongs to "
+                                     f"{'saicm' if name == 'alpha' else 'tlicm'} checkpoints, not to adapter "
+                                     f"{self.expected_loss or 'lic'}; remove it")  # fmt: skip
 
     @classmethod
     def card_kwargs(cls, card: Card) -> dict[str, Any]:
@@ -299,8 +358,22 @@ class LearnedCodec(Codec):
         points = {
             str(k): {"lambda": p.lmbda, "sha256": self.checkpoint_sha256(k)} for k, p in self.points.items()
         }
-        return stable_hash({"class": type(self).__qualname__, "arch": self.arch, "arch_kwargs": self.arch_kwargs,
-                            "points": points, "version": self.version()})  # fmt: skip
+        ident = {"class": type(self).__qualname__, "arch": self.arch, "arch_kwargs": self.arch_kwargs,
+                 "points": points, "version": self.version()}  # fmt: skip
+        return stable_hash({**ident, **self._coder_identity()})
+
+    def _coder_identity(self) -> dict[str, Any]:
+        """The coder settings that differ from vcmbench's defaults (the defaults leave the identity as it was)."""
+        from ..models.lic import SCALE_LEVELS
+
+        out: dict[str, Any] = {}
+        if self.scale_levels != SCALE_LEVELS:
+            out["scale_levels"] = self.scale_levels
+        if self.pad_multiple is not None:
+            out["pad_multiple"] = self.pad_multiple
+        if self.pad_mode != "edge":
+            out["pad_mode"] = self.pad_mode
+        return out
 
     def validate_quality(self, quality: Any) -> int | float:
         try:
@@ -326,20 +399,9 @@ class LearnedCodec(Codec):
         p = self.points[key]
         path: Path | None = None
         if p.checkpoint:
-            cand = Path(p.checkpoint).expanduser()
-            cand = cand if cand.is_absolute() else self.base_dir / cand
-            if cand.is_file():
-                path = cand
-            elif not p.url:
-                raise WeightsError(
-                    f"codec {self.name}: checkpoint {cand} of rate point {key} not found. Fix: train it "
-                    f"(`vcmbench train ...`), correct rate_points.{key}.checkpoint in the card, or give a url: + sha256:"
-                )
+            path = self._local_checkpoint(key)
         if path is None:
-            from urllib.parse import urlparse
-
-            filename = Path(urlparse(p.url or "").path).name or f"{self.name}-{key}.pt"
-            path = resolve_weights(None, p.url, p.sha256, filename, f"codec {self.name}")
+            path = resolve_weights(None, p.url, p.sha256, self.download_name(key), f"codec {self.name}")
         if p.sha256:
             actual = file_sha256(path)
             if actual.lower() != p.sha256.lower():
@@ -349,6 +411,66 @@ class LearnedCodec(Codec):
                 )
         self._paths[key] = path
         return path
+
+    def download_name(self, key: int | float) -> str:
+        """File name of a rate point's downloaded checkpoint (in ``$VCMBENCH_WEIGHTS_DIR`` or the cache)."""
+        from urllib.parse import urlparse
+
+        return Path(urlparse(self.points[key].url or "").path).name or f"{self.name}-{key}.pt"
+
+    def local_checkpoint(self, key: int | float) -> Path | None:
+        """The rate point's checkpoint file where it is on this machine already (the card's path,
+        ``$VCMBENCH_WEIGHTS_DIR``, the cache; not verified), None where only a download would bring it."""
+        from ..weights import local_candidates
+
+        p = self.points[key]
+        found = next((c for c in self._checkpoint_candidates(key) if c.is_file()), None)
+        if found is not None:
+            return found
+        if p.url:
+            return next((c for c in local_candidates(self.download_name(key)) if c.is_file()), None)
+        return None
+
+    def training_set(self, quality: Any) -> TrainingSet:
+        """What the rate point's checkpoint records of its training images (see
+        :mod:`~vcmbench.codecs.training_record`); untrained (``random_seed``) weights learned from none."""
+        from .training_record import read_record
+
+        key = self.validate_quality(quality)
+        seed = self.points[key].random_seed
+        if seed is not None:
+            return TrainingSet(f"random weights (seed {seed})", frozenset())
+        path = self.checkpoint_path(key)
+        return TrainingSet(str(path), read_record(path).training_images)
+
+    def _checkpoint_candidates(self, key: int | float) -> list[Path]:
+        """Where a ``checkpoint:`` path may be: as given (relative to the card's repository), then the same file
+        name in ``$VCMBENCH_WEIGHTS_DIR`` (for files fetched by hand)."""
+        import os
+
+        checkpoint = self.points[key].checkpoint
+        if not checkpoint:
+            return []
+        cand = Path(checkpoint).expanduser()
+        cand = cand if cand.is_absolute() else self.base_dir / cand
+        env = os.environ.get("VCMBENCH_WEIGHTS_DIR")
+        return [cand, *([Path(env).expanduser() / cand.name] if env else [])]
+
+    def _local_checkpoint(self, key: int | float) -> Path | None:
+        """The rate point's ``checkpoint:`` file (:meth:`_checkpoint_candidates`); None when it is nowhere and a url:
+        can fetch it, else a WeightsError naming the file and where it comes from."""
+        p = self.points[key]
+        candidates = self._checkpoint_candidates(key)
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is not None or p.url:
+            return found
+        cand = candidates[0]
+        where = f"download {cand.name} from {p.download_page} and place it there" if p.download_page else (
+            "train it (`vcmbench train ...`)")
+        raise WeightsError(
+            f"codec {self.name}: checkpoint {cand} of rate point {key} not found (nor in $VCMBENCH_WEIGHTS_DIR). "
+            f"Fix: {where}, correct rate_points.{key}.checkpoint in the card, or give a url: + sha256:"
+        )
 
     def checkpoint_sha256(self, key: int | float) -> str:
         """sha256 of the rate point's checkpoint file (``random-seed-<n>`` for untrained weights)."""
@@ -387,54 +509,84 @@ class LearnedCodec(Codec):
                     model = build_model(self.arch, **self.arch_kwargs)
                 except ModelError as exc:
                     raise CodecError(f"codec {self.name}: {exc}") from None
-            model.eval().update(scale_table=scale_table(), force=True)
+            model.eval().update(scale_table=scale_table(self.scale_levels), force=True)
             return model.to(self.torch_device())
         path = self.checkpoint_path(key)
         try:
-            ck = load_checkpoint(path, self.arch, self.arch_kwargs)
+            ck = load_checkpoint(path, self.arch, self.arch_kwargs, self.scale_levels)
         except ModelError as exc:
             raise CodecError(f"codec {self.name}, rate point {key}: {exc}") from None
+        self._check_training(key, path, ck.meta)
+        return ck.model.to(self.torch_device()).eval()
+
+    def _check_training(self, key: int | float, path: Path, meta: Mapping[str, Any]) -> None:
+        """The card's objective, λ, λ2, α and TL objective against the checkpoint's training record (absent
+        values are not checked: foreign checkpoints have none)."""
         point = self.points[key]
-        loss = ck.meta.get("loss")
+        loss = meta.get("loss")
         if self.expected_loss and loss and loss != self.expected_loss:
             raise CodecError(
                 f"codec {self.name}: checkpoint {path} (rate point {key}) was trained with the {loss!r} objective, "
                 f"but adapter {self.expected_loss!r} expects {self.expected_loss!r} checkpoints; fix the card"
             )
-        for name, said in (("lambda", point.lmbda), ("lambda2", point.lambda2)):
-            trained = ck.meta.get(name)
+        trained_alpha, alpha_source = _trained_alpha(meta)
+        if point.alpha is not None and alpha_source is not None and trained_alpha is None:
+            raise CodecError(f"codec {self.name}: rate point {key} says alpha {point.alpha} but checkpoint {path} was "
+                             f"trained on {alpha_source!r} masks, which have no alpha; remove rate_points.{key}.alpha")  # fmt: skip
+        said_trained = (("lambda", point.lmbda, meta.get("lambda")), ("lambda2", point.lambda2, meta.get("lambda2")),
+                        ("alpha", point.alpha, trained_alpha))  # fmt: skip
+        for name, said, trained in said_trained:
             if said is not None and trained is not None and not math.isclose(float(said), float(trained), rel_tol=1e-6):
                 raise CodecError(
                     f"codec {self.name}: rate point {key} says {name} {said} but checkpoint {path} was trained "
                     f"with {name} {trained}; fix rate_points.{key}.{name}"
                 )
-        return ck.model.to(self.torch_device()).eval()
+        trained_tl = meta.get("tl_objective") or ("features" if loss == "tlicm" else None)
+        if point.tl_objective is not None and trained_tl is not None and point.tl_objective != trained_tl:
+            raise CodecError(f"codec {self.name}: rate point {key} says tl_objective {point.tl_objective} but checkpoint "
+                             f"{path} was trained with the {trained_tl} objective; fix rate_points.{key}.tl_objective")  # fmt: skip
 
     # ---- coding ------------------------------------------------------------------------------------
+    def _multiple(self, model: Any) -> int:
+        """What the input is padded to: the card's ``pad_multiple`` (checked against the model's stride) or the
+        model's own."""
+        from ..models.lic import pad_multiple
+
+        own = pad_multiple(model)
+        if self.pad_multiple is None:
+            return own
+        stride = int(getattr(model, "downsampling_factor", 0) or own)
+        if self.pad_multiple % stride:
+            raise CodecError(f"codec {self.name}: pad_multiple {self.pad_multiple} is not a multiple of the model's "
+                             f"stride {stride}; use {stride} or a multiple of it")  # fmt: skip
+        return self.pad_multiple
+
     def _to_tensor(self, image: np.ndarray, multiple: int) -> Any:
         import torch
-        import torch.nn.functional as F
 
-        from ..models.lic import pad_amounts
+        from ..models.lic import pad_tensor
 
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise CodecError(f"{self.name}: expected an HxWx3 uint8 RGB image, got {image.shape} {image.dtype}")
         x = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)[None].float().div_(255.0)  # writable copy
-        ph, pw = pad_amounts(image.shape[0], image.shape[1], multiple)
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        return x.to(self.torch_device())
+        return pad_tensor(x, multiple, self.pad_mode).to(self.torch_device())
+
+    def _crop(self, x_hat: Any, model: Any, height: int, width: int) -> np.ndarray:
+        """The decoded image of the original size, cut out of the padded reconstruction."""
+        from ..models.lic import pad_box
+
+        top, _, left, _ = pad_box(height, width, self._multiple(model), self.pad_mode)
+        return to_image(x_hat[:, :, top:, left:], height, width)
 
     def encode(self, image: np.ndarray, quality: Any) -> Bitstream:
         import torch
 
         from ..models.exact_prior import exact_compress, exact_prior, fixed_arithmetic
-        from ..models.lic import pad_multiple
 
         key = self.validate_quality(quality)
         model = self.model(key)
         h, w = image.shape[:2]
-        x = self._to_tensor(image, pad_multiple(model))
+        x = self._to_tensor(image, self._multiple(model))
         with torch.no_grad(), fixed_arithmetic(self.torch_device()):
             out = exact_compress(model, x) if exact_prior(model) else model.compress(x)
         strings = [[bytes(s) for s in group] for group in out["strings"]]
@@ -457,7 +609,7 @@ class LearnedCodec(Codec):
                 x_hat = exact_decompress(model, u.strings, u.shape)["x_hat"]
             else:
                 x_hat = model.decompress(u.strings, u.shape)["x_hat"]
-        return to_image(x_hat, u.height, u.width)
+        return self._crop(x_hat, model, u.height, u.width)
 
     def estimate(self, image: np.ndarray, quality: Any) -> dict[str, Any]:
         """The model's forward pass (no entropy coding): likelihood bpp and the quantized reconstruction,
@@ -465,21 +617,45 @@ class LearnedCodec(Codec):
         import torch
 
         from ..models.exact_prior import exact_forward, exact_prior, fixed_arithmetic
-        from ..models.lic import pad_multiple
 
         key = self.validate_quality(quality)
         model = self.model(key)
         h, w = image.shape[:2]
-        x = self._to_tensor(image, pad_multiple(model))
+        x = self._to_tensor(image, self._multiple(model))
         with torch.no_grad(), fixed_arithmetic(self.torch_device()):
             out = exact_forward(model, x) if exact_prior(model) else model(x)
         bits = sum(float(-torch.log2(lik).sum()) for lik in out["likelihoods"].values())
-        return {"bpp": bits / (h * w), "bits": bits, "image": to_image(out["x_hat"].clamp(0, 1), h, w),
+        return {"bpp": bits / (h * w), "bits": bits, "image": self._crop(out["x_hat"].clamp(0, 1), model, h, w),
                 "x_hat": out["x_hat"]}  # fmt: skip
 
 
+def _trained_alpha(meta: Mapping[str, Any]) -> tuple[float | None, str | None]:
+    """(α, mask source) of the masks a checkpoint was trained on; (None, None) without a mask record."""
+    record = meta.get("masks_params")
+    params = (record.get("params") or {}) if isinstance(record, Mapping) else {}
+    source = params.get("source")
+    alpha = params.get("alpha") if source == "sam" else None
+    return (None if alpha is None else float(alpha)), source
+
+
+def _coder_settings(name: str, scale_levels: Any, pad_multiple: Any, pad_mode: Any) -> tuple[int, int | None, str]:
+    """The card's ``scale_levels`` (None: vcmbench's default), ``pad_multiple`` and ``pad_mode``, checked."""
+    from ..models.lic import PAD_MODES, SCALE_LEVELS
+
+    levels = SCALE_LEVELS if scale_levels is None else scale_levels
+    if not isinstance(levels, int) or isinstance(levels, bool) or levels < 2:
+        raise CodecError(f"codec {name}: scale_levels must be an integer >= 2 (CompressAI / TCM: 64), got {scale_levels!r}")
+    if pad_multiple is not None and (not isinstance(pad_multiple, int) or isinstance(pad_multiple, bool)
+                                     or pad_multiple < 1):  # fmt: skip
+        raise CodecError(f"codec {name}: pad_multiple must be a positive integer (or null: the model's), got "
+                         f"{pad_multiple!r}")  # fmt: skip
+    if pad_mode not in PAD_MODES:
+        raise CodecError(f"codec {name}: pad_mode must be one of {', '.join(PAD_MODES)}, got {pad_mode!r}")
+    return levels, pad_multiple, pad_mode
+
+
 def to_image(x_hat: Any, height: int, width: int) -> np.ndarray:
-    """(1, 3, H', W') tensor in [0, 1] -> cropped HxWx3 uint8."""
+    """(1, 3, H', W') tensor in [0, 1] -> cropped HxWx3 uint8 (the top-left ``height`` x ``width``)."""
     import torch
 
     x = x_hat[0, :, :height, :width].clamp(0, 1).mul(255).round().to("cpu")
@@ -502,13 +678,17 @@ class ObjectICMCodec(LearnedCodec):
 
 @register("codec", "saicm")
 class SAICMCodec(LearnedCodec):
-    """SA-ICM (Shindo et al., ICIP 2024): trained on MSE on Segment Anything mask edges."""
+    """SA-ICM (Shindo et al., ICIP 2024): trained on MSE on Segment Anything mask edges; a rate point may say
+    its SAM threshold ``alpha``."""
 
     expected_loss = "saicm"
+    objective_keys = ("alpha",)
 
 
 @register("codec", "tlicm")
 class TLICMCodec(LearnedCodec):
-    """Task-loss ICM: trained on MSE plus a feature loss through a frozen early part of the detector."""
+    """Task-loss ICM: trained on MSE plus YOLOv5's detection loss of the decoded image (``tl_objective: task``)
+    or an MSE of its early features (``features``)."""
 
     expected_loss = "tlicm"
+    objective_keys = ("tl_objective",)

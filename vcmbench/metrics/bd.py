@@ -743,7 +743,7 @@ def _overflow_note(method: str) -> str:
 
 def _share(fraction: float) -> str:
     """A small overlap fraction in words ("only 12%"), never rounding a non-zero value to "0%"."""
-    return "less than 1%" if fraction < 0.005 else f"only {fraction:.0%}"
+    return "less than 1%" if fraction <= 0.005 else f"only {fraction:.0%}"
 
 
 def _sentence(text: str) -> str:

@@ -18,6 +18,11 @@ independent implementation of the architecture described there:
 The module and parameter names follow the layout of the public checkpoints, so the
 released TCM weights (and SA-ICM's, Shindo et al., ICIP 2024, which are TCM models)
 load with :func:`TCM.load_state_dict` after the ``module.`` prefix is stripped.
+Checked once side by side with the SA-ICM release's model (github.com/final-0/SA-ICM
+@95c598b, ``models/icm.py``, ``ICM()``: N=128, M=320): the same 1293 tensors, names and
+shapes, and, with the same weights, the release's coder settings (64-scale table, zero
+padding centred to 128: ``codecs/saicm_official.yaml``) and a 200x300 image, the same
+rANS strings as its ``coding_m.py --real`` path.
 
 Differences from the public code, both only where that code cannot run: window
 attention pads the feature map to a multiple of the window and crops back (the

@@ -49,7 +49,7 @@ class RunConfig:
     background_scoring: str = "auto"
     #: COCO mAP evaluation backend, "faster_coco_eval" or "pycocotools" (same numbers; see metrics/coco_map.py).
     #: None: $VCMBENCH_COCO_EVAL, else faster_coco_eval. A chosen one is put in $VCMBENCH_COCO_EVAL for the
-    #: processes this run starts (when the run starts, not when it is resolved).
+    #: processes this run starts (when the run starts, not when it is resolved), and taken out when it ends.
     coco_eval: str | None = None
     #: score every unit of a (dataset, task) on the items all of them finished (the points of one RD table and
     #: BD-rate on the same images); False scores each unit on all the items it finished

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +41,7 @@ from .evaluate import evaluate_stage
 from .infer import infer_stage
 from .outputs import config_record, write_outputs
 from .resolve import ResolvedRun, resolve
+from .training_overlap import TrainingOverlap, training_overlaps
 
 
 @dataclass
@@ -52,6 +54,8 @@ class RunReport:
     status: str
     #: wall seconds of each stage ("encode", "infer", "evaluate") of this run
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: the units of learned codecs checked against their training sets (:mod:`.training_overlap`)
+    training_overlap: list[TrainingOverlap] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -71,6 +75,21 @@ def plan_units(cfg: RunConfig, res: ResolvedRun) -> list[WorkUnit]:
         [(name, c.identity(), qs) for name, (c, qs) in res.codecs.items()],
         reference=cfg.reference,
     )
+
+
+@contextmanager
+def exported(name: str, value: str | None) -> Iterator[None]:
+    """``$name`` set to ``value`` while the block runs, then restored (None: left as it is)."""
+    previous = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def make_executor(cfg: RunConfig, log: Callable[[str], None]) -> Executor:
@@ -100,17 +119,25 @@ class Runner:
         return make_executor(self.config, self.log)
 
     def run(self) -> RunReport:
+        res = resolve(self.config, self.store.file_sha256)
+        # a chosen backend is the one the processes this run starts (scorer, Ray workers) use, while it runs
+        with exported(COCO_EVAL_ENV, res.coco_eval if self.config.coco_eval is not None else None):
+            return self._run(res)
+
+    def _run(self, res: ResolvedRun) -> RunReport:
         cfg = self.config
-        res = resolve(cfg, self.store.file_sha256)
-        if cfg.coco_eval is not None:  # the processes this run starts (scorer, Ray workers) use the same backend
-            os.environ[COCO_EVAL_ENV] = res.coco_eval
         executor = self.make_executor()
         units = plan_units(cfg, res)
         self.run_id = run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + stable_hash(
             [u.key for u in units] + [time.time()], n=6
         )
         config = config_record(cfg, res, units)
-        self.store.start_run(run_id, " ".join(sys.argv), config, provenance())
+        overlaps = training_overlaps(res, units, self.store.file_sha256)
+        for o in overlaps:
+            if o.message():
+                self.log(o.message())
+        prov = {**provenance(), "training_overlap": [o.record() for o in overlaps]}
+        self.store.start_run(run_id, " ".join(sys.argv), config, prov)
         self.store.link_units(run_id, [u.key for u in units])
         points = sum(len(q) for _, q in res.codecs.values()) + int(cfg.reference)
         self.log(f"run {run_id}: {len(units)} work units ({len(res.datasets)} dataset x {len(res.tasks)} task x "
@@ -120,7 +147,7 @@ class Runner:
         if status == "done" and ctx.failures:
             status = "failed"
         self.store.finish_run(run_id, status)
-        report = RunReport(run_id, self.store.root, rows, ctx.failures, dict(ctx.work), status, seconds)
+        report = RunReport(run_id, self.store.root, rows, ctx.failures, dict(ctx.work), status, seconds, overlaps)
         if status != "interrupted":
             write_outputs(self.store, report.run_dir, run_id, status, rows, report.work, report.failures, config)
         return report

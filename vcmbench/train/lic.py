@@ -11,10 +11,19 @@ a mean over all pixels):
 - ``saicm``:  the same with m = edges of Segment Anything masks (Shindo et al.,
   "Image Coding for Machines with Edge Information Learning Using Segment
   Anything", ICIP 2024);
-- ``tlicm``:  R + λ·255²·MSE(x, x̂) + λ2·MSE(F(x), F(x̂)), F the first
-  ``feature_layers`` layers of the YOLOv5 detector used for evaluation, frozen
-  (task-loss ICM: Le et al., "Image Coding for Machines: an End-to-End Learned
-  Approach", ICASSP 2021; Fischer et al., 2022).
+- ``tlicm``:  task-loss ICM through the YOLOv5 detector used for evaluation, frozen
+  (Le et al., "Image Coding for Machines: an End-to-End Learned Approach", ICASSP
+  2021; the TL-ICM baseline of Shindo et al., ICIP 2024), with one of two objectives
+  (``tl_objective``):
+
+  - ``task`` (default): R + λ·255²·MSE(x, x̂) + λ2·L_det(x̂, boxes), L_det YOLOv5's
+    own detection loss of the decoded crop against its ground-truth boxes
+    (:mod:`vcmbench.train.detection`; boxes from a COCO instances JSON,
+    ``annotations``). λ may be 0: R + λ2·L_det is the task loss alone, as the
+    SA-ICM paper's TL-ICM (its Eq. 2) trains;
+  - ``features``: R + λ·255²·MSE(x, x̂) + λ2·MSE(F(x), F(x̂)), F the first
+    ``feature_layers`` layers of the detector (a feature-matching stand-in for the
+    task loss that needs no labels; Fischer et al., 2022).
 
 Recipe (after TCM's public training script): random crops, Adam (lr 1e-4) for the
 transforms and a second Adam (lr 1e-3) for the entropy bottleneck's quantiles
@@ -38,10 +47,10 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -57,11 +66,14 @@ LOSSES = ("lic", "objicm", "saicm", "tlicm")
 MASKED = ("objicm", "saicm")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 STATE_FORMAT = "vcmbench-train-state"
-LOG_COLUMNS = ["kind", "step", "lr", "loss", "bpp", "mse", "psnr", "masked_mse", "feature_mse", "aux_loss",
-               "grad_norm", "seconds"]  # fmt: skip
+LOG_COLUMNS = ["kind", "step", "lr", "loss", "bpp", "mse", "psnr", "masked_mse", "feature_mse", "task_loss",
+               "aux_loss", "grad_norm", "seconds"]  # fmt: skip
+#: TL-ICM objectives: YOLOv5's detection loss against ground-truth boxes, or an MSE of early detector features
+TL_OBJECTIVES = ("task", "features")
 #: settings a resumed run must share with the run that wrote ``last.pt``
 RESUME_KEYS = ("codec", "arch", "arch_kwargs", "lmbda", "lambda2", "batch_size", "crop", "seed", "lr", "aux_lr",
-               "clip", "train_dir", "masks", "init", "feature_layers", "limit")  # fmt: skip
+               "clip", "train_dir", "masks", "init", "feature_layers", "limit", "tl_objective",
+               "annotations")  # fmt: skip
 
 
 class TrainError(VcmbenchError):
@@ -102,9 +114,14 @@ class TrainConfig:
     #: file name of the codec checkpoint in ``out`` (``.pt.xz``: xz-compressed)
     final_name: str = "final.pt"
     limit: int | None = None
-    #: TL-ICM: YOLOv5 checkpoint whose first ``feature_layers`` layers form F
+    #: TL-ICM: the YOLOv5 checkpoint whose detection loss (``task``) or first ``feature_layers`` layers
+    #: (``features``) the objective goes through
     detector_weights: str | None = None
     feature_layers: int = 5
+    #: TL-ICM objective: ``task`` (detection loss against ``annotations``' boxes) or ``features``
+    tl_objective: str = "task"
+    #: TL-ICM task loss: COCO instances JSON listing every training image (file name) and its boxes
+    annotations: str | None = None
     resume: bool = True
     tensorboard: bool = True
     progress: bool = True
@@ -119,18 +136,27 @@ class TrainConfig:
         if self.codec in MASKED and not self.masks:
             raise TrainError(f"--codec {self.codec} trains on masked MSE: pass --masks DIR (made by `vcmbench masks`)")
         if self.codec == "tlicm":
-            if not self.detector_weights:
-                raise TrainError("--codec tlicm needs --detector-weights (a YOLOv5 .pt checkpoint) for its feature loss")
-            if self.lambda2 <= 0:
-                raise TrainError("--codec tlicm needs --lambda2 > 0 (weight of the feature loss)")
-        if self.lmbda <= 0:
-            raise TrainError(f"--lambda must be > 0, got {self.lmbda}")
+            self._check_tlicm()
+        if self.lmbda <= 0 and not (self.codec == "tlicm" and self.lmbda == 0):
+            raise TrainError(f"--lambda must be > 0 (tlicm: >= 0), got {self.lmbda}")
         if self.steps < 1 or self.batch_size < 1:
             raise TrainError("--steps and --batch-size must be at least 1")
         if self.crop < 64 or self.crop % 64:
             raise TrainError(f"--crop must be a multiple of 64 (the model stride), got {self.crop}")
         if self.save_dtype not in ("float32", "float16"):
             raise TrainError("--save-dtype must be float32 or float16")
+
+    def _check_tlicm(self) -> None:
+        if self.tl_objective not in TL_OBJECTIVES:
+            raise TrainError(f"--tl-objective must be one of {', '.join(TL_OBJECTIVES)}, got {self.tl_objective!r}")
+        term = "detection loss" if self.tl_objective == "task" else "feature loss"
+        if not self.detector_weights:
+            raise TrainError(f"--codec tlicm needs --detector-weights (a YOLOv5 .pt checkpoint) for its {term}")
+        if self.lambda2 <= 0:
+            raise TrainError(f"--codec tlicm needs --lambda2 > 0 (weight of the {term})")
+        if self.tl_objective == "task" and not self.annotations:
+            raise TrainError("--codec tlicm --tl-objective task needs --annotations FILE (a COCO instances JSON with "
+                             "the training images' boxes), or use --tl-objective features (no labels)")  # fmt: skip
 
     def milestone_steps(self) -> list[int]:
         return sorted(int(round(m * self.steps)) if m <= 1 else int(m) for m in self.milestones)
@@ -151,15 +177,34 @@ def list_images(folder: str | os.PathLike[str], limit: int | None = None) -> lis
     return files[:limit] if limit else files
 
 
+class Sample(NamedTuple):
+    """An image (HxWx3 uint8), its {0, 1} mask and its boxes (n, 5: class, x1, y1, x2, y2 in its pixels)."""
+
+    image: np.ndarray
+    mask: np.ndarray | None
+    boxes: np.ndarray | None
+
+
+class Batch(NamedTuple):
+    """Crops as tensors: images (N, 3, c, c) in [0, 1], masks (N, 1, c, c) and YOLOv5 target rows (n, 6)."""
+
+    x: Tensor
+    mask: Tensor | None
+    targets: Tensor | None
+
+
 class CropSampler:
-    """Random crops (image and mask at the same place) of a folder of images.
+    """Random crops (image, mask and boxes at the same place) of a folder of images.
 
     Up to ``preload`` images are decoded once and kept in memory as uint8; larger
     sets (e.g. COCO train2017) are read from disk for every crop. Either way the
-    crops drawn from a given ``rng`` are the same.
+    crops drawn from a given ``rng`` are the same. ``boxes`` (file name -> (n, 5):
+    class, x1, y1, x2, y2 in pixels, from :func:`vcmbench.train.detection.read_boxes`)
+    gives every crop the parts of its boxes inside it (:func:`~vcmbench.train.detection.crop_boxes`).
     """
 
-    def __init__(self, files: Sequence[Path], crop: int, masks: str | None = None, preload: int = 2000) -> None:
+    def __init__(self, files: Sequence[Path], crop: int, masks: str | None = None, preload: int = 2000,
+                 boxes: Mapping[str, np.ndarray] | None = None) -> None:  # fmt: skip
         self.crop = crop
         self.files = list(files)
         self.mask_files: list[Path] | None = None
@@ -174,12 +219,13 @@ class CropSampler:
                     "make them with `vcmbench masks` over the same images"
                 )
             self.mask_files = [index[f.name] for f in self.files]
-        self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
+        self.boxes = None if boxes is None else [boxes[f.name] for f in self.files]
+        self._cache: list[Sample] | None = None
         if len(self.files) <= preload:
             self._cache = [self._read(i) for i in range(len(self.files))]
 
-    def _read(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Image ``i`` (HxWx3 uint8) and its {0, 1} mask, enlarged if a side is shorter than the crop."""
+    def _read(self, i: int) -> Sample:
+        """Image ``i``, its mask and boxes, enlarged if a side is shorter than the crop."""
         from PIL import Image
 
         with Image.open(self.files[i]) as im:
@@ -190,45 +236,58 @@ class CropSampler:
                 mask_im = m.convert("L")
             if mask_im.size != rgb.size:
                 raise TrainError(f"mask {self.mask_files[i]} is {mask_im.size}, image {self.files[i]} is {rgb.size}")
+        boxes = None if self.boxes is None else self.boxes[i]
         w, h = rgb.size
         if min(w, h) < self.crop:  # enlarge small images so a crop fits
             scale = self.crop / min(w, h)
             size = (math.ceil(w * scale), math.ceil(h * scale))
             rgb = rgb.resize(size, Image.BICUBIC)
             mask_im = mask_im.resize(size, Image.NEAREST) if mask_im is not None else None
+            if boxes is not None:
+                boxes = boxes * np.array([1, size[0] / w, size[1] / h, size[0] / w, size[1] / h], dtype=np.float32)
         mask = (np.asarray(mask_im) > 127).astype(np.uint8) if mask_im is not None else None
-        return np.asarray(rgb, dtype=np.uint8), mask
+        return Sample(np.asarray(rgb, dtype=np.uint8), mask, boxes)
 
-    def _get(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _get(self, i: int) -> Sample:
         return self._cache[i] if self._cache is not None else self._read(i)
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def _tensor(self, pairs: list[tuple[np.ndarray, np.ndarray | None]]) -> tuple[Tensor, Tensor | None]:
-        x = torch.from_numpy(np.stack([p[0] for p in pairs])).permute(0, 3, 1, 2).float().div_(255.0)
-        if self.mask_files is None:
-            return x, None
-        m = torch.from_numpy(np.stack([p[1] for p in pairs]))[:, None].float()  # type: ignore[misc]
-        return x, m
+    def _tensor(self, samples: list[Sample]) -> Batch:
+        x = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float().div_(255.0)
+        m = None
+        if self.mask_files is not None:
+            m = torch.from_numpy(np.stack([s.mask for s in samples]))[:, None].float()  # type: ignore[misc]
+        targets = None
+        if self.boxes is not None:
+            from .detection import yolo_targets
 
-    def _crop(self, i: int, rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray | None]:
+            targets = yolo_targets([s.boxes for s in samples], self.crop)  # type: ignore[misc]
+        return Batch(x, m, targets)
+
+    def _crop(self, i: int, rng: np.random.Generator | None) -> Sample:
         """A random crop of image ``i`` (position drawn from ``rng``), or its centre crop without one."""
-        img, mask = self._get(i)
+        img, mask, boxes = self._get(i)
         c = self.crop
         if rng is not None:
             y0 = int(rng.integers(0, img.shape[0] - c + 1))
             x0 = int(rng.integers(0, img.shape[1] - c + 1))
         else:
             y0, x0 = (img.shape[0] - c) // 2, (img.shape[1] - c) // 2
-        return img[y0 : y0 + c, x0 : x0 + c], (mask[y0 : y0 + c, x0 : x0 + c] if mask is not None else None)
+        if boxes is not None:
+            from .detection import crop_boxes
 
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[Tensor, Tensor | None]:
+            boxes = crop_boxes(boxes, y0, x0, c)
+        return Sample(img[y0 : y0 + c, x0 : x0 + c], mask[y0 : y0 + c, x0 : x0 + c] if mask is not None else None,
+                      boxes)  # fmt: skip
+
+    def batch(self, rng: np.random.Generator, size: int) -> Batch:
         """``size`` random crops; all randomness comes from ``rng``."""
         picks = rng.integers(0, len(self.files), size=size)
         return self._tensor([self._crop(int(i), rng) for i in picks])
 
-    def fixed_batch(self, count: int) -> tuple[Tensor, Tensor | None]:
+    def fixed_batch(self, count: int) -> Batch:
         """Centre crops of ``count`` images spread over the set: the evaluation batch."""
         picks = np.unique(np.linspace(0, len(self.files) - 1, num=min(count, len(self.files))).round().astype(int))
         return self._tensor([self._crop(int(i), None) for i in picks])
@@ -265,10 +324,18 @@ class DetectorFeatures(nn.Module):
 
 
 # ---- loss ----------------------------------------------------------------------------------------
+class TaskModels(NamedTuple):
+    """TL-ICM's frozen detector terms: the feature extractor F (``features``) or the detection loss (``task``)."""
+
+    features: nn.Module | None = None
+    detection: nn.Module | None = None
+
+
 def rd_terms(
-    out: dict[str, Any], x: Tensor, mask: Tensor | None, features: nn.Module | None = None
-) -> dict[str, Tensor]:
-    """bpp, MSE, masked MSE and feature MSE of one forward pass (see the module docstring)."""
+    out: dict[str, Any], x: Tensor, mask: Tensor | None, features: nn.Module | None = None,
+    detection: nn.Module | None = None, targets: Tensor | None = None,
+) -> dict[str, Tensor]:  # fmt: skip
+    """bpp, MSE, masked MSE, feature MSE and detection loss of one forward pass (see the module docstring)."""
     n, _, h, w = x.shape
     bits = sum((-torch.log2(lik)).sum() for lik in out["likelihoods"].values())
     x_hat = out["x_hat"]
@@ -279,17 +346,23 @@ def rd_terms(
         with torch.no_grad():
             target = features(x)
         terms["feature_mse"] = F.mse_loss(features(x_hat), target)
+    if detection is not None:
+        if targets is None:
+            raise TrainError("the detection loss needs the crops' ground-truth boxes")
+        terms["task_loss"] = detection(x_hat, targets)
     return terms
 
 
-def objective(codec: str, terms: dict[str, Tensor], lmbda: float, lambda2: float = 0.0) -> Tensor:
-    """The training loss of ``codec`` from :func:`rd_terms`."""
+def objective(codec: str, terms: dict[str, Tensor], lmbda: float, lambda2: float = 0.0,
+              tl_objective: str = "task") -> Tensor:  # fmt: skip
+    """The training loss of ``codec`` (and, for tlicm, ``tl_objective``) from :func:`rd_terms`."""
     if codec == "lic":
         return terms["bpp"] + lmbda * 255**2 * terms["mse"]
     if codec in MASKED:
         return terms["bpp"] + lmbda * 255**2 * terms["masked_mse"]
     if codec == "tlicm":
-        return terms["bpp"] + lmbda * 255**2 * terms["mse"] + lambda2 * terms["feature_mse"]
+        tl_term = terms["task_loss"] if tl_objective == "task" else terms["feature_mse"]
+        return terms["bpp"] + lmbda * 255**2 * terms["mse"] + lambda2 * tl_term
     raise TrainError(f"unknown objective {codec!r}")
 
 
@@ -368,15 +441,21 @@ def build_for_training(cfg: TrainConfig) -> nn.Module:
     return build_model(cfg.arch, **cfg.arch_kwargs)
 
 
+def _terms(model: nn.Module, batch: Batch, task: TaskModels, device: torch.device) -> dict[str, Tensor]:
+    """The loss terms of the model's forward pass on ``batch`` (moved to ``device``)."""
+    x = batch.x.to(device)
+    m = None if batch.mask is None else batch.mask.to(device)
+    return rd_terms(model(x), x, m, task.features, task.detection, batch.targets)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, batch: tuple[Tensor, Tensor | None], cfg: TrainConfig,
-             features: nn.Module | None, device: torch.device) -> dict[str, float]:  # fmt: skip
+def evaluate(model: nn.Module, batch: Batch, cfg: TrainConfig, task: TaskModels,
+             device: torch.device) -> dict[str, float]:  # fmt: skip
     """Eval-mode loss terms (quantized latents, no noise) on a fixed batch."""
     was = model.training
     model.eval()
-    x, m = batch[0].to(device), None if batch[1] is None else batch[1].to(device)
-    terms = rd_terms(model(x), x, m, features)
-    loss = objective(cfg.codec, terms, cfg.lmbda, cfg.lambda2)
+    terms = _terms(model, batch, task, device)
+    loss = objective(cfg.codec, terms, cfg.lmbda, cfg.lambda2, cfg.tl_objective)
     model.train(was)
     out = {k: float(v) for k, v in terms.items()}
     out["loss"] = float(loss)
@@ -397,9 +476,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     files = list_images(cfg.train_dir, cfg.limit)
-    sampler = CropSampler(files, cfg.crop, cfg.masks if cfg.codec in MASKED else None)
+    task = _task_models(cfg)
+    boxes = _boxes(cfg, files, task)
+    sampler = CropSampler(files, cfg.crop, cfg.masks if cfg.codec in MASKED else None, boxes=boxes)
     say(f"train {cfg.codec}: {len(sampler)} images from {cfg.train_dir}, {cfg.crop}px crops, batch {cfg.batch_size}, "
         f"{cfg.steps} steps, lambda {cfg.lmbda}, arch {cfg.arch} {cfg.arch_kwargs}, device {device}")  # fmt: skip
+    if cfg.codec == "tlicm":
+        held = f", {sum(len(b) for b in boxes.values())} boxes from {cfg.annotations}" if boxes is not None else ""
+        say(f"tlicm objective: {cfg.tl_objective} (lambda2 {cfg.lambda2}, detector {cfg.detector_weights}){held}")
 
     state_path = out / "last.pt"
     state = _resume_state(cfg, state_path) if cfg.resume and state_path.exists() else None
@@ -408,7 +492,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
     torch.manual_seed(cfg.seed)  # initial weights
     model = build_for_training(cfg) if state is None else _model_from_state(cfg, state)
     model = model.to(device).train()
-    features = DetectorFeatures(cfg.detector_weights, cfg.feature_layers).to(device) if cfg.codec == "tlicm" else None  # type: ignore[arg-type]
+    task = TaskModels(*(m.to(device) if m is not None else None for m in task))
     opt, aux_opt = _optimizers(model, cfg)
     start = 0
     elapsed = 0.0
@@ -423,7 +507,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
     logger = _Log(out, start, cfg.tensorboard)
     eval_batch = sampler.fixed_batch(cfg.val_images)
     if start == 0:
-        logger.write("eval", 0, {**evaluate(model, eval_batch, cfg, features, device), "lr": cfg.lr_at(0)})
+        logger.write("eval", 0, {**evaluate(model, eval_batch, cfg, task, device), "lr": cfg.lr_at(0)})
 
     def save_state(step: int) -> None:
         blob = {"format": STATE_FORMAT, "config": _config_json(cfg), "step": step, "elapsed": elapsed,
@@ -442,7 +526,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
             lr = cfg.lr_at(step)
             for group in opt.param_groups:
                 group["lr"] = lr
-            vals = _train_step(cfg, step, model, (opt, aux_opt), main_params, sampler, features, device)
+            vals = _train_step(cfg, step, model, (opt, aux_opt), main_params, sampler, task, device)
             for k, v in vals.items():
                 acc[k] = acc.get(k, 0.0) + v
             count += 1
@@ -459,7 +543,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
                 logger.write("train", done, {**mean, "lr": lr, "seconds": round(elapsed, 2)})
                 acc, count = {}, 0
             if done % cfg.val_every == 0 or done == cfg.steps:
-                ev = evaluate(model, eval_batch, cfg, features, device)
+                ev = evaluate(model, eval_batch, cfg, task, device)
                 logger.write("eval", done, {**ev, "lr": lr, "seconds": round(elapsed, 2)})
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
                 save_state(done)
@@ -467,8 +551,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] | None = None) -> TrainRe
         if bar is not None:
             bar.close()
         logger.close()
-    final_eval = evaluate(model, eval_batch, cfg, features, device)
+    final_eval = evaluate(model, eval_batch, cfg, task, device)
     meta = _checkpoint_meta(cfg, len(sampler), final_eval)
+    meta["train_images_sha256"] = training_set_sha256(files, cfg.init)
     ckpt = save_checkpoint(model, out / cfg.final_name, cfg.arch, cfg.arch_kwargs, meta, cfg.save_dtype)
     sha = file_sha256(ckpt)
     say(f"final checkpoint {ckpt} (sha256 {sha}); eval batch: loss {final_eval['loss']:.4f}, "
@@ -481,7 +566,7 @@ def _resume_state(cfg: TrainConfig, state_path: Path) -> dict[str, Any]:
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     if state.get("format") != STATE_FORMAT:
         raise TrainError(f"{state_path} is not a vcmbench training state; use another --out")
-    saved = state["config"]
+    saved = _with_legacy_settings(state["config"])
     now = _config_json(cfg)
     differ = [k for k in RESUME_KEYS if saved.get(k) != now.get(k) and not (k == "arch_kwargs" and cfg.init)]
     if differ:
@@ -489,6 +574,15 @@ def _resume_state(cfg: TrainConfig, state_path: Path) -> dict[str, Any]:
         raise TrainError(f"{state_path} was written by a run with other settings ({shown}); use another --out "
                          "or --no-resume to start over")  # fmt: skip
     return state
+
+
+def _with_legacy_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run configuration with the settings it predates filled in as it ran: no annotations, and the
+    feature objective for tlicm (the only one before the task loss)."""
+    out = dict(saved)
+    out.setdefault("annotations", None)
+    out.setdefault("tl_objective", "features" if saved.get("codec") == "tlicm" else TrainConfig.tl_objective)
+    return out
 
 
 def _progress_bar(cfg: TrainConfig, start: int) -> Any:
@@ -500,18 +594,15 @@ def _progress_bar(cfg: TrainConfig, start: int) -> Any:
 
 
 def _train_step(cfg: TrainConfig, step: int, model: nn.Module, opts: tuple[Any, Any], main_params: list[Any],
-                sampler: CropSampler, features: Any, device: Any) -> dict[str, float]:  # fmt: skip
+                sampler: CropSampler, task: TaskModels, device: Any) -> dict[str, float]:  # fmt: skip
     """One optimisation step (main and auxiliary losses) on the step's seeded batch; its loss terms."""
     opt, aux_opt = opts
-    rng = np.random.default_rng([cfg.seed, step])
-    x, m = sampler.batch(rng, cfg.batch_size)
-    x = x.to(device)
-    m = m.to(device) if m is not None else None
+    batch = sampler.batch(np.random.default_rng([cfg.seed, step]), cfg.batch_size)
     torch.manual_seed(_step_seed(cfg.seed, step))  # quantization noise of this step
     opt.zero_grad(set_to_none=True)
     aux_opt.zero_grad(set_to_none=True)
-    terms = rd_terms(model(x), x, m, features)
-    loss = objective(cfg.codec, terms, cfg.lmbda, cfg.lambda2)
+    terms = _terms(model, batch, task, device)
+    loss = objective(cfg.codec, terms, cfg.lmbda, cfg.lambda2, cfg.tl_objective)
     if not torch.isfinite(loss):
         raise TrainError(f"step {step}: the loss is {float(loss)}; lower --lr or check the data")
     loss.backward()
@@ -533,8 +624,61 @@ def _checkpoint_meta(cfg: TrainConfig, train_images: int, final_eval: dict[str, 
         "crop": cfg.crop, "batch_size": cfg.batch_size, "seed": cfg.seed, "train_dir": str(cfg.train_dir),
         "train_images": train_images, "masks": str(cfg.masks) if cfg.masks else None,
         "masks_params": _mask_params(cfg.masks) if cfg.codec in MASKED else None,
-        "init": cfg.init, "final_eval": final_eval,
+        "init": cfg.init, "final_eval": final_eval, **_tlicm_meta(cfg),
     }  # fmt: skip
+
+
+def _tlicm_meta(cfg: TrainConfig) -> dict[str, Any]:
+    """TL-ICM's objective and what it went through: the detector and (task loss) the annotation file."""
+    if cfg.codec != "tlicm":
+        return {}
+    from ..media.hashing import file_sha256
+
+    task = cfg.tl_objective == "task"
+    return {
+        "tl_objective": cfg.tl_objective, "detector_weights_sha256": file_sha256(cfg.detector_weights),  # type: ignore[arg-type]
+        "feature_layers": None if task else cfg.feature_layers,
+        "annotations": str(cfg.annotations) if task else None,
+        "annotations_sha256": file_sha256(cfg.annotations) if task else None,  # type: ignore[arg-type]
+    }  # fmt: skip
+
+
+def _task_models(cfg: TrainConfig) -> TaskModels:
+    """The frozen detector term of TL-ICM's objective (none for the other codecs)."""
+    if cfg.codec != "tlicm":
+        return TaskModels()
+    if cfg.tl_objective == "features":
+        return TaskModels(features=DetectorFeatures(cfg.detector_weights, cfg.feature_layers))  # type: ignore[arg-type]
+    from .detection import DetectionLoss
+
+    return TaskModels(detection=DetectionLoss(cfg.detector_weights, cfg.crop))  # type: ignore[arg-type]
+
+
+def _boxes(cfg: TrainConfig, files: Sequence[Path], task: TaskModels) -> dict[str, np.ndarray] | None:
+    """The training images' ground-truth boxes as the detector's classes (task loss only)."""
+    if task.detection is None:
+        return None
+    from .detection import read_boxes
+
+    return read_boxes(cfg.annotations, files, task.detection.class_names())  # type: ignore[arg-type, operator]
+
+
+def training_set_sha256(files: Sequence[Path], init: str | None) -> list[str]:
+    """The sorted sha256 of every image the model has seen: this run's ``files`` plus, when it was
+    fine-tuned from ``init``, the images that checkpoint records (a fine-tune inherits its base's data)."""
+    from ..media.hashing import file_sha256
+
+    hashes = {file_sha256(f) for f in files}
+    if init:
+        from ..models.lic import load_checkpoint
+
+        inherited = load_checkpoint(init).meta.get("train_images_sha256")
+        if inherited is None:
+            raise TrainError(f"--init {init} records no training set (train_images_sha256); a fine-tune of it "
+                             "could not say which images it must not be evaluated on. Retrain the base with this "
+                             "vcmbench")  # fmt: skip
+        hashes.update(inherited)
+    return sorted(hashes)
 
 
 def _model_from_state(cfg: TrainConfig, state: dict[str, Any]) -> nn.Module:
