@@ -400,13 +400,14 @@ def test_pchip_on_plateaus_matches_package_without_numpy_warnings() -> None:
 
 
 def test_akima_weight_threshold_matches_package() -> None:
-    # At the third point both Akima weights are tiny (1e-6) against the curve's largest (8e4): below the
-    # 1e-9 relative threshold, so the slope there is the mean of the two secants, as in SciPy.
+    # At the anchor's third point both Akima weights are tiny (1e-6) against the curve's largest (8e4): below
+    # the 1e-9 relative threshold, so the slope there is the mean of the two secants, as in SciPy. (The test
+    # curve ends inside the interval after that point: over whole intervals an interior slope cancels out.)
     x = np.arange(6.0)
-    y = np.array([0.0, 1e4, 2e4, 7e4, 12e4 + 1e-6, 17e4])
-    ra, rt = 10**x, 10**x * 1.3
-    ours = bd_metric(ra, y, rt, y + 100, method="akima")
-    assert ours == pytest.approx(ref_bd_metric(ra, y, rt, y + 100, "akima"), rel=1e-12)
+    ra, ma = 10**x, np.array([0.0, 1e4, 2e4, 7e4, 12e4 + 1e-6, 17e4])
+    rt, mt = 10 ** (x / 2), np.array([500.0, 1.3e4, 2.9e4, 7.1e4, 11.9e4, 16.5e4])
+    ours = bd_metric(ra, ma, rt, mt, method="akima")
+    assert ours == pytest.approx(ref_bd_metric(ra, ma, rt, mt, "akima"), rel=1e-12)
 
 
 def test_akima_on_a_straight_line_matches_package() -> None:
@@ -420,3 +421,74 @@ def test_akima_on_a_straight_line_matches_package() -> None:
     assert bd_rate(ra, y, rt, y + 0.5, method="akima") == pytest.approx(
         ref_bd_rate(ra, y, rt, y + 0.5, "akima"), abs=1e-9
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# the result object on every early exit, and the remaining messages
+
+
+def test_invalid_curves_give_a_complete_empty_result() -> None:
+    result = compare_curves([1.0], [0.2], RATES, RISING, method="akima", fit="monotone", lower_is_better=True)
+    assert math.isnan(result.bd_rate) and math.isnan(result.bd_metric)
+    assert math.isnan(result.rate_overlap) and math.isnan(result.metric_overlap)
+    assert result.method == "akima" and result.fit == "monotone" and result.lower_is_better is True
+    assert result.rate_note == result.metric_note == "anchor: 1 point < 4"
+    assert result.warnings == (
+        "The anchor curve has 1 point, but akima needs at least 2 points per curve.",
+        "BD-rate and BD-metric cannot be computed.",
+    )
+
+
+def test_failed_monotone_fit_gives_a_complete_empty_result() -> None:
+    ra, ma = [0.05, 0.1, 0.2, 0.4, 0.8], [0.45, 0.40, 0.30, 0.20, 0.10]
+    result = compare_curves(ra, ma, ra[:3], ma[:3], method="akima", fit="monotone", lower_is_better=True)
+    assert math.isnan(result.bd_rate) and math.isnan(result.bd_metric)
+    assert math.isnan(result.rate_overlap) and math.isnan(result.metric_overlap)
+    assert result.method == "akima" and result.fit == "monotone" and result.lower_is_better is True
+    assert result.rate_note == result.metric_note == "monotone fit failed"
+    assert isinstance(result.warnings, tuple) and result.warnings[-1].startswith("The test curve cannot be")
+
+
+def test_monotone_fit_that_does_not_converge_says_why() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(ValueError, match=r"^the monotone fit did not converge \(.+\)$"):
+            monotone_fit(RATES, [0.1, math.inf, 0.3, 0.4])
+
+
+def test_rate_axis_notes_are_exact() -> None:
+    result = compare_curves(RATES, RISING, [6, 12, 24, 48], [0.15, 0.25, 0.35, 0.45])
+    assert result.metric_note == "rate overlap 7% < 50%"
+    assert result.warnings == (
+        "The curves barely overlap on the rate axis: only 7% of the combined rate range is shared (minimum 50%), "
+        "so the BD-metric is left empty.",
+    )
+    apart = compare_curves(RATES, RISING, [16, 32, 64, 128], RISING)
+    assert apart.metric_note == "no rate overlap" and apart.rate_overlap == 0.0
+    assert apart.warnings == (
+        "BD-metric is undefined: the curves do not overlap on the rate axis (anchor covers 1 to 8, test covers "
+        "16 to 128).",
+    )
+
+
+def test_constant_curves_have_no_overlap_on_their_axis() -> None:
+    result = compare_curves(RATES, [0.3] * 4, RATES, [0.3] * 4)
+    assert result.metric_overlap == 0.0 and result.rate_overlap == 1.0
+    assert result.rate_note == "no metric overlap" and result.bd_metric == 0.0
+
+
+def test_bad_values_are_named() -> None:
+    words = compare_curves(RATES, RISING, RATES, ["a", "b", "c", "d"])  # type: ignore[list-item]
+    assert (
+        words.warnings[0] == "The test metric values are not numbers: could not convert string to float: 'a'."
+    )
+    zero = compare_curves([1.0, 0.0, 4.0, 8.0], RISING, RATES, RISING)
+    assert zero.warnings[0] == (
+        "The anchor curve has rate 0.0 at point 2; rates must be finite and > 0 (they are used on a log scale)."
+    )
+    two = compare_curves(RATES, RISING, [1.0, 2.0], [0.1, 0.2], method="cubic")
+    assert two.warnings[0] == "The test curve has 2 points, but cubic needs at least 4 points per curve."
+    with pytest.raises(
+        ValueError, match=r"^unknown BD interpolation method 'spline'; use one of pchip, cubic, akima$"
+    ):
+        bd_rate(RATES, RISING, RATES, RISING, method="spline")  # type: ignore[arg-type]

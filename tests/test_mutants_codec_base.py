@@ -26,6 +26,7 @@ from vcmbench.codecs.base import (
     stderr_tail,
 )
 from vcmbench.errors import CodecError, QualityError
+from vcmbench.media.hashing import stable_hash
 
 
 class Toy(Codec):
@@ -84,6 +85,8 @@ def test_identity_covers_class_settings_and_version_but_not_locations() -> None:
 
     NewVersion.__qualname__ = Toy.__qualname__
     assert a.identity() != NewVersion.from_card(card(preset="slow", binary="/opt/a")).identity()
+    # the cache key's form: caches written by earlier runs stay valid only while it stays the same
+    assert a.identity() == stable_hash({"class": "Toy", "settings": {"preset": "slow"}, "version": "1"})
 
 
 def test_quality_checks_and_messages() -> None:
@@ -135,7 +138,7 @@ def py(code: str) -> list[str]:
 
 def test_run_process_success_keeps_stderr_and_stdout_tail() -> None:
     res = run_process(py("import sys; sys.stderr.write('warn'); print('x' * 3000)"), "toy encode")
-    assert res.returncode == 0 and res.seconds > 0
+    assert res.returncode == 0 and 0 < res.seconds < 60
     assert res.stderr == "warn\n" + ("x" * 3000 + "\n")[-2000:]
 
 
@@ -182,3 +185,9 @@ def test_find_executable(tmp_path: Path) -> None:
     os.chmod(tool, 0o755)
     assert find_executable([tmp_path / "missing", tmp_path, plain, tool]) == tool
     assert find_executable([str(plain)]) is None
+
+
+def test_run_process_replaces_undecodable_output() -> None:
+    code = "import sys; sys.stderr.buffer.write(b'bad \\xff'); sys.stdout.buffer.write(b'out \\xfe')"
+    res = run_process(py(code), "toy encode")
+    assert res.stderr == "bad \ufffd\nout \ufffd"

@@ -159,7 +159,7 @@ def test_error_messages_name_the_image_and_the_fix() -> None:
 def test_id_png_limits() -> None:
     ids = np.array([[0, 255, 256, 256**3 - 1]])
     assert id2rgb(ids).tolist() == [[[0, 0, 0], [255, 0, 0], [0, 1, 0], [255, 255, 255]]]
-    assert rgb2id(id2rgb(ids)).tolist() == ids.tolist()
+    assert rgb2id(id2rgb(ids)).tolist() == ids.tolist() and rgb2id(id2rgb(ids)).dtype == np.int64
     with pytest.raises(ValueError, match=r"segment ids must lie in \[0, 2\^24\), got \[-1, 3\]"):
         id2rgb(np.array([[-1, 3]]))
     with pytest.raises(ValueError, match=r"got \[0, 16777216\]"):
@@ -207,7 +207,7 @@ def test_evaluate_predictions_with_the_coco_scorer(tmp_path: Path) -> None:
 def test_cityscapes_scorer_inputs_and_empty_groups(tmp_path: Path) -> None:
     gt = write_coco_panoptic(tmp_path, "cityscapes")
     ids, segs = two_segments()
-    with pytest.raises(ValueError, match="no predictions to evaluate"):
+    with pytest.raises(ValueError, match="^no predictions to evaluate$"):
         cityscapes_pq({}, gt)
     with pytest.raises(KeyError, match=r"gt.json: no panoptic annotation for image 'b'"):
         cityscapes_pq({"b": {"png": encode_id_png(ids), "segments_info": segs}}, gt)
@@ -221,3 +221,61 @@ def test_cityscapes_scorer_inputs_and_empty_groups(tmp_path: Path) -> None:
     m = evaluate_predictions({"a": {"png": encode_id_png(stuff_only), "segments_info": gt_only_stuff}}, gt)
     assert m["pq_st"] == 1.0 and m["n_st"] == 1.0 and m["pq"] == 1.0
     assert math.isnan(m["pq_th"]) and math.isnan(m["sq_th"]) and math.isnan(m["rq_th"]) and m["n_th"] == 0.0
+
+
+def test_unmatched_ground_truth_without_iscrowd_is_a_false_negative() -> None:
+    ids, segs = two_segments()
+    plain = [{"id": s["id"], "category_id": s["category_id"]} for s in segs]
+    pred = np.where(ids == 1, 0, ids)
+    m = pq_compute([PanopticSample("a", ids, plain, pred, plain[1:])], CATS)
+    assert m["n_th"] == 1 and m["pq_th"] == 0.0
+
+
+def test_one_pixel_false_positive_off_void_counts() -> None:
+    ids, segs = two_segments()
+    pred = ids.copy()
+    pred[0, 0] = 5  # one pixel of class 2 inside the class-1 thing: no void under it
+    m = pq_compute([PanopticSample("a", ids, segs, pred, [*segs, {"id": 5, "category_id": 2}])], CATS)
+    assert m["n_th"] == 2 and m["rq_th"] == pytest.approx((1 + 0) / 2)
+
+
+def test_void_and_own_crowd_pixels_add_up() -> None:
+    """A class-1 prediction of 8 px: 3 on void, 2 on a class-1 crowd, 3 on stuff. Ignored pixels 5/8 > 1/2: no
+    false positive. Without the crowd part (3/8) it would be one."""
+    ids = np.zeros((4, 8), np.int64)
+    ids[:, 4:] = 10
+    ids[:2, :4] = 50  # crowd of class 1
+    segs = [{"id": 50, "category_id": 1, "iscrowd": 1}, {"id": 10, "category_id": 10, "iscrowd": 0}]
+    pred = ids.copy()
+    pred[ids == 50] = 0
+    pred[2, 1:4] = 7  # void
+    pred[1, 2:4] = 7  # crowd
+    pred[2:3, 4:7] = 7  # stuff
+    assert int((pred == 7).sum()) == 8
+    m = pq_compute([PanopticSample("a", ids, segs, pred, [{"id": 7, "category_id": 1}, segs[1]])], CATS)
+    assert m["n_th"] == 0
+
+
+def test_half_on_void_beside_an_untouched_crowd_is_a_false_positive() -> None:
+    ids = np.zeros((4, 8), np.int64)
+    ids[:, 4:] = 10
+    ids[:2, :2] = 50  # crowd of class 1, not touched by the prediction
+    segs = [{"id": 50, "category_id": 1, "iscrowd": 1}, {"id": 10, "category_id": 10, "iscrowd": 0}]
+    pred = np.where(ids == 50, 0, ids)
+    pred[3, 0:4] = 7  # void
+    pred[3, 4:8] = 7  # stuff
+    m = pq_compute([PanopticSample("a", ids, segs, pred, [{"id": 7, "category_id": 1}, segs[1]])], CATS)
+    assert m["n_th"] == 1 and m["pq_th"] == 0.0
+
+
+def test_coco_ground_truth_defaults(tmp_path: Path) -> None:
+    gt = write_coco_panoptic(tmp_path)
+    data = json.loads((tmp_path / "gt.json").read_text())
+    assert gt.data == data
+    del data["images"]
+    (tmp_path / "bare.json").write_text(json.dumps(data))
+    bare = PanopticGroundTruth(tmp_path / "bare.json", tmp_path / "png")
+    assert bare.evaluator == "coco" and bare.images == {}
+    ids, segs = two_segments()
+    with pytest.raises(ValueError, match=r"^image a: prediction is 4x2, ground truth 8x4$"):
+        evaluate_predictions({"a": {"png": encode_id_png(ids[:2, :4]), "segments_info": segs}}, bare)

@@ -52,7 +52,8 @@ def describe_checkpoint(path: Path, overlap: dict[str, dict[str, str]] | None = 
         "arch_kwargs": rec.arch_kwargs or None, "objective": meta.get("loss"), "lambda": meta.get("lambda"),
         "lambda2": meta.get("lambda2"), "steps": meta.get("steps"), "train_dir": meta.get("train_dir"),
         "train_images": len(images) if images is not None else meta.get("train_images"),
-        "masks": meta.get("masks"), "init": meta.get("init"),
+        "masks": meta.get("masks"), "init": meta.get("init"), "tl_objective": meta.get("tl_objective"),
+        "alpha": ((meta.get("masks_params") or {}).get("params") or {}).get("alpha"),
         "training_set": "recorded" if images is not None else "unknown",
         "train_images_sha256": sorted(images) if images is not None else None,
     }  # fmt: skip
