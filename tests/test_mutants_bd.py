@@ -12,11 +12,11 @@ from __future__ import annotations
 import math
 import warnings
 
-import bjontegaard
 import numpy as np
 import pytest
 from scipy.optimize import minimize
 
+from tests.test_bd import ref_bd_metric, ref_bd_rate
 from vcmbench.metrics.bd import bd_metric, bd_rate, compare_curves, fit_bounds, monotone_fit
 
 STILL_USED = (
@@ -32,16 +32,6 @@ RATES = [1.0, 2.0, 4.0, 8.0]
 RISING = [0.1, 0.2, 0.3, 0.4]
 
 
-def ref_bd_metric(ra, ma, rt, mt, method: str) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return bjontegaard.bd_psnr(ra, ma, rt, mt, method, require_matching_points=False, min_overlap=0)
-
-
-def ref_bd_rate(ra, ma, rt, mt, method: str) -> float:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return bjontegaard.bd_rate(ra, ma, rt, mt, method, require_matching_points=False, min_overlap=0)
 
 
 def monotonic_notes(result) -> list[str]:

@@ -670,9 +670,9 @@ def training_set_sha256(files: Sequence[Path], init: str | None) -> list[str]:
 
     hashes = {file_sha256(f) for f in files}
     if init:
-        from ..models.lic import load_checkpoint
+        from ..codecs.training_record import read_record
 
-        inherited = load_checkpoint(init).meta.get("train_images_sha256")
+        inherited = read_record(init).training_images
         if inherited is None:
             raise TrainError(f"--init {init} records no training set (train_images_sha256); a fine-tune of it "
                              "could not say which images it must not be evaluated on. Retrain the base with this "
