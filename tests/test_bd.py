@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import bjontegaard
 import numpy as np
 import pytest
-from scipy.optimize import minimize
+from scipy.optimize import LinearConstraint, minimize
 
 from vcmbench.metrics.bd import (
     METHODS,
@@ -512,6 +515,54 @@ def test_monotone_fit_solves_the_ctc_problem(rate: list[float], metric: list[flo
     assert np.all(np.diff(ours) > 0)  # rising (and concave: every step no larger per decade than the last)
     slopes = np.diff(ours) / np.diff(np.log10(rate))
     assert np.all(np.diff(slopes) <= 1e-9)
+
+
+def qp_reference(rate: np.ndarray, metric: np.ndarray, bounds: tuple[float, float]) -> np.ndarray:
+    """The same constrained least-squares problem solved by another method (scipy's trust-constr, an
+    interior-point solver) in raw log-rate coordinates, written anew here as an independent check."""
+    x = np.log10(rate)
+    basis = np.vander(x, 4, increasing=True)
+    rows = [np.column_stack([0 * x, 1 + 0 * x, 2 * x, 3 * x**2]), -np.column_stack([0 * x, 0 * x, 2 + 0 * x, 6 * x])]
+    lo, hi = basis[np.argmin(x)], basis[np.argmax(x)]
+    a = np.vstack([*rows, lo, -hi])
+    lb = np.concatenate([np.zeros(2 * len(x)), [bounds[0], -bounds[1]]])
+    cons = LinearConstraint(a, lb, np.inf)
+    res = minimize(lambda c: np.sum((basis @ c - metric) ** 2), np.linalg.lstsq(basis, metric, rcond=None)[0],
+                   jac=lambda c: 2 * basis.T @ (basis @ c - metric), hess=lambda c: 2 * basis.T @ basis,
+                   method="trust-constr", constraints=[cons], options={"gtol": 1e-12, "xtol": 1e-14, "maxiter": 5000})
+    return basis @ res.x
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_monotone_fit_is_the_optimum_of_the_ctc_problem_on_curves_of_every_shape(seed: int) -> None:
+    """Random curves (4 to 9 points; rising, dipping, flat or falling): the exact active-set solution has
+    an objective no larger than an interior-point solver's and the same fitted values, and obeys every
+    constraint (rising, concave, within bounds)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(4, 10))
+    rate = np.sort(rng.uniform(0.02, 2.0, n) * np.linspace(1, 3, n))
+    metric = np.clip(0.3 + 0.1 * np.log(rate) * rng.choice([1.0, 0.2, -0.5]) + rng.normal(0, 0.05, n), 0.01, 0.99)
+    ours = monotone_fit(rate, metric, (0.0, 1.0))
+    ref = qp_reference(rate, metric, (0.0, 1.0))
+    assert np.sum((ours - metric) ** 2) <= np.sum((ref - metric) ** 2) + 1e-9
+    assert ours == pytest.approx(ref, abs=2e-4)
+    slopes = np.diff(ours) / np.diff(np.log10(rate))
+    assert np.all(slopes >= -1e-9) and np.all(np.diff(slopes) <= 1e-9)
+    assert ours[0] >= -1e-9 and ours[-1] <= 1 + 1e-9
+
+
+def test_monotone_fit_does_not_depend_on_the_blas_thread_count() -> None:
+    """SLSQP (used before) stopped on this curve with 'positive directional derivative' under one BLAS
+    thread and converged under two; the exact solution is the same bytes with 1 and 2 threads."""
+    code = ("import numpy as np; from vcmbench.metrics.bd import monotone_fit; "
+            "print(monotone_fit([0.1, 0.2, 0.4, 0.8], [0.2, 0.35, 0.4, 0.2], (0, 1)).tobytes().hex())")
+    out = []
+    for threads in ("1", "2"):
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
+        out.append(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+    assert out[0] == out[1]
+    fitted = np.frombuffer(bytes.fromhex(out[0].strip()))
+    assert fitted == pytest.approx(qp_reference(np.array([0.1, 0.2, 0.4, 0.8]), np.array([0.2, 0.35, 0.4, 0.2]), (0, 1)), abs=2e-4)
 
 
 def test_monotone_fit_needs_four_rates_and_keeps_order() -> None:

@@ -128,7 +128,6 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 from scipy.interpolate import CubicHermiteSpline
-from scipy.optimize import minimize
 
 __all__ = [
     "BDResult", "DEFAULT_MIN_OVERLAP", "DEFAULT_MIN_POINTS", "FITS", "Fit", "METHODS", "Method", "bd_metric",
@@ -499,50 +498,92 @@ def monotone_fit(rate: Values, metric: Values, bounds: tuple[float, float] = (0.
     Solves the problem of CompressAI-Vision's ``scripts/metrics/cubic_polynomial.py: fit_cubic`` (H. Wang
     et al., PCS 2024, doi:10.1109/PCS60826.2024.10566370): the cubic ``f`` in x = log10(rate) that
     minimises ``sum (f(x_i) - metric_i)**2`` subject to ``f'(x_i) >= 0`` and ``f''(x_i) <= 0`` at every
-    point, ``f(x_lowest) >= bounds[0]`` and ``f(x_highest) <= bounds[1]``. The script starts SLSQP from
-    (1, 1, 1, 1) on raw values with its default tolerance; here SLSQP starts from the unconstrained
-    least-squares cubic in centred and scaled coordinates (the constraints keep their meaning under
-    positive affine maps of either axis, so the optimum is the same) with a tight tolerance. The problem
-    is a convex quadratic programme, so its optimum is unique with 4 or more distinct rates.
+    point, ``f(x_lowest) >= bounds[0]`` and ``f(x_highest) <= bounds[1]``. The script runs SLSQP from
+    (1, 1, 1, 1) on raw values with its default tolerance. SLSQP stops on some curves with "positive
+    directional derivative" depending on the BLAS thread count, so here the problem is solved exactly
+    instead: it is a strictly convex quadratic programme in 4 coefficients (with 4 or more distinct rates),
+    so its optimum is the minimiser of the objective with some set of at most 4 constraints held as
+    equalities; :func:`_active_set_optimum` tries every such set and keeps the best feasible point. The
+    coordinates are centred and scaled first (the constraints keep their meaning under positive affine
+    maps of either axis, so the optimum is the same).
 
     Raises:
-        ValueError: fewer than 4 distinct rates, a non-positive rate, or the optimiser did not converge.
+        ValueError: fewer than 4 distinct rates, a non-positive rate, or no feasible cubic (bounds crossed).
     """
     x = np.log10(np.asarray(rate, dtype=float))
     y = np.asarray(metric, dtype=float)
     if np.unique(x).size < 4 or x.size != y.size:
         raise ValueError(f"the monotone fit needs at least 4 points with distinct rates, got {x.size}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError(f"the monotone fit needs finite positive rates and finite metric values, got {list(rate)}, {list(metric)}")
     cx, sx = float(x.mean()), float(x.std())
     cy, sy = float(y.mean()), float(y.std()) or 1.0
     u, v = (x - cx) / sx, (y - cy) / sy
     basis = np.vander(u, 4, increasing=True)  # f(u) = c0 + c1 u + c2 u^2 + c3 u^3
-    constraints = _fit_constraints(u, ((bounds[0] - cy) / sy, (bounds[1] - cy) / sy), basis)
-    start = np.linalg.lstsq(basis, v, rcond=None)[0]
-    res = minimize(
-        lambda c: float(np.sum((basis @ c - v) ** 2)), start, jac=lambda c: 2.0 * basis.T @ (basis @ c - v),
-        method="SLSQP", constraints=constraints, options={"ftol": 1e-15, "maxiter": 1000},
-    )  # fmt: skip
-    if not res.success:
-        raise ValueError(f"the monotone fit did not converge ({res.message})")
-    return cy + sy * (basis @ res.x)
+    a, b = _fit_constraints(u, ((bounds[0] - cy) / sy, (bounds[1] - cy) / sy), basis)
+    return cy + sy * (basis @ _active_set_optimum(basis, v, a, b))
 
 
-def _fit_constraints(u: np.ndarray, bounds: tuple[float, float], basis: np.ndarray) -> list[dict[str, Any]]:
-    """SLSQP inequality constraints (``fun(c) >= 0``) of :func:`monotone_fit` in scaled coordinates."""
+def _fit_constraints(u: np.ndarray, bounds: tuple[float, float], basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inequality constraints ``a @ c + b >= 0`` of :func:`monotone_fit` in scaled coordinates."""
     zero, one = np.zeros_like(u), np.ones_like(u)
-    slope = np.column_stack([zero, one, 2.0 * u, 3.0 * u**2])  # f'(u_i) >= 0
-    curvature = -np.column_stack([zero, zero, 2.0 * one, 6.0 * u])  # -f''(u_i) >= 0
-    rows = [slope, curvature]
+    rows = [np.column_stack([zero, one, 2.0 * u, 3.0 * u**2]),  # f'(u_i) >= 0
+            -np.column_stack([zero, zero, 2.0 * one, 6.0 * u])]  # -f''(u_i) >= 0  # fmt: skip
+    offsets = [np.zeros(len(u)), np.zeros(len(u))]
     lo_row, hi_row = basis[np.argmin(u)], basis[np.argmax(u)]
     if math.isfinite(bounds[0]):
-        rows.append(np.append(lo_row, -bounds[0])[None, :])  # f(u_lowest) - lo >= 0
+        rows.append(lo_row[None, :])  # f(u_lowest) - lo >= 0
+        offsets.append(np.array([-bounds[0]]))
     if math.isfinite(bounds[1]):
-        rows.append(np.append(-hi_row, bounds[1])[None, :])  # hi - f(u_highest) >= 0
-    out = []
-    for m in rows:
-        a, b = (m[:, :4], m[:, 4]) if m.shape[1] == 5 else (m, np.zeros(len(m)))
-        out.append({"type": "ineq", "fun": lambda c, a=a, b=b: a @ c + b, "jac": lambda c, a=a: a})
-    return out
+        rows.append(-hi_row[None, :])  # hi - f(u_highest) >= 0
+        offsets.append(np.array([bounds[1]]))
+    return np.vstack(rows), np.concatenate(offsets)
+
+
+def _active_set_optimum(basis: np.ndarray, v: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The coefficients ``c`` minimising ``|basis @ c - v|**2`` subject to ``a @ c + b >= 0``.
+
+    For a set S of at most ``n = basis.shape[1]`` constraints, the minimiser with S held as equalities
+    solves the KKT system ``[[2 B'B, A_S'], [A_S, 0]] [c, -mu] = [2 B'v, -b_S]``. The problem is convex, so
+    a point that is feasible with multipliers ``mu >= 0`` is the optimum; sets are tried smallest first
+    (the optimum of a fit has few active constraints) and the search stops at the first size holding
+    such a point. Sets whose system is singular (dependent constraints) are skipped: a linearly
+    independent subset of them gives the same point. Should rounding hide every multiplier test, the
+    feasible point with the smallest objective is returned (the optimum is among them). Deterministic:
+    the same arithmetic on any machine and thread count."""
+    from itertools import combinations
+
+    n = basis.shape[1]
+    gram, rhs = 2.0 * basis.T @ basis, 2.0 * basis.T @ v
+    tol = 1e-9 * (1.0 + np.abs(b).max(initial=0.0))
+    fallback, fallback_cost = None, math.inf
+    for k in range(min(n, len(a)) + 1):
+        combos = list(combinations(range(len(a)), k))
+        sets = np.array(combos, dtype=int).reshape(len(combos), k)
+        kkt = np.zeros((len(sets), n + k, n + k))
+        kkt[:, :n, :n] = gram
+        kkt[:, :n, n:] = np.transpose(a[sets], (0, 2, 1))
+        kkt[:, n:, :n] = a[sets]
+        target = np.concatenate([np.broadcast_to(rhs, (len(sets), n)), -b[sets]], axis=1)
+        ok = np.abs(np.linalg.det(kkt)) > 1e-12
+        if not ok.any():
+            continue
+        sol = np.linalg.solve(kkt[ok], target[ok][..., None])[..., 0]
+        coef, minus_mu = sol[:, :n], sol[:, n:]
+        feasible = (coef @ a.T + b >= -tol).all(axis=1)
+        if not feasible.any():
+            continue
+        cost = ((coef @ basis.T - v) ** 2).sum(axis=1)
+        optimal = feasible & (minus_mu <= tol).all(axis=1)
+        pick = optimal if optimal.any() else feasible
+        i = int(np.flatnonzero(pick)[np.argmin(cost[pick])])
+        if optimal.any():
+            return coef[i]
+        if cost[i] < fallback_cost:
+            fallback, fallback_cost = coef[i], float(cost[i])
+    if fallback is None:
+        raise ValueError("the monotone fit has no feasible cubic (the metric bounds exclude every monotone curve)")
+    return fallback
 
 
 def _fit_pair(anchor: _Curve, test: _Curve, trend: int) -> tuple[_Curve, _Curve]:
