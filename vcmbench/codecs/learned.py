@@ -90,7 +90,7 @@ from ..errors import CodecError, QualityError, WeightsError
 from ..media.devices import resolve_device
 from ..media.hashing import stable_hash
 from ..registry import register
-from .base import Bitstream, Codec, TrainingSet
+from .base import Bitstream, Codec, Complexity, TrainingSet
 
 #: bump when the bitstream layout, the entropy parameters' arithmetic or the pre/post-processing changes
 #: (2: exact integer hyperprior, fixed one-thread arithmetic; the shipped checkpoints' bitstreams changed)
@@ -466,7 +466,7 @@ class LearnedCodec(Codec):
             return found
         cand = candidates[0]
         where = f"download {cand.name} from {p.download_page} and place it there" if p.download_page else (
-            "train it (`vcmbench train ...`)")
+            "train it with `vcmbench train` (the card's header comment gives its recipe)")
         raise WeightsError(
             f"codec {self.name}: checkpoint {cand} of rate point {key} not found (nor in $VCMBENCH_WEIGHTS_DIR). "
             f"Fix: {where}, correct rate_points.{key}.checkpoint in the card, or give a url: + sha256:"
@@ -627,6 +627,27 @@ class LearnedCodec(Codec):
         bits = sum(float(-torch.log2(lik).sum()) for lik in out["likelihoods"].values())
         return {"bpp": bits / (h * w), "bits": bits, "image": self._crop(out["x_hat"].clamp(0, 1), model, h, w),
                 "x_hat": out["x_hat"]}  # fmt: skip
+
+    def complexity(self, quality: Any, width: int, height: int) -> Complexity:
+        """Parameters of the rate point's model and MACs of its encoder (analysis ``g_a`` + ``h_a``) and decoder
+        (synthesis ``h_s`` + ``g_s``) on a ``width`` x ``height`` image padded as :meth:`encode` pads it, counted
+        by :func:`vcmbench.models.complexity.codec_macs`."""
+        import torch
+
+        from ..models.complexity import COUNTER, codec_macs
+        from ..models.lic import count_parameters, pad_tensor
+
+        key = self.validate_quality(quality)
+        model = self.model(key)
+        x = torch.zeros(1, 3, height, width, device=self.torch_device())
+        x = pad_tensor(x, self._multiple(model), self.pad_mode)
+        try:
+            macs = codec_macs(model, x)
+        except ValueError as exc:
+            raise CodecError(f"codec {self.name}, rate point {key}: {exc}") from None
+        counted = f"encoder {'+'.join(macs.encoder_parts)}, decoder {'+'.join(macs.decoder_parts)}"
+        return Complexity(count_parameters(model), macs.encoder, macs.decoder, width, height, counted,
+                          macs.not_counted, COUNTER)  # fmt: skip
 
 
 def _trained_alpha(meta: Mapping[str, Any]) -> tuple[float | None, str | None]:

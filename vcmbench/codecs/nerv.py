@@ -363,7 +363,8 @@ class SANeRVCodec(NeRVCodec):
 
             path = Path(self.sam_checkpoint).expanduser()
             if not path.is_file():
-                raise CodecError(f"{self.name}: SAM checkpoint {path} not found (settings.sam_checkpoint)")
+                raise CodecError(f"{self.name}: SAM checkpoint {path} not found (settings.sam_checkpoint). "
+                                 f"Fix: {sam_download_hint(self.mask_params.sam_model, path)}")
             self._sam_sha = file_sha256(path)
         return self._sam_sha
 
@@ -415,3 +416,14 @@ class SANeRVCodec(NeRVCodec):
                 raise CodecError(f"{self.name}: mask of frame {i} is {mask.shape}, the frame {frame.shape[:2]}")
             out[i] = mask
         return out
+
+
+def sam_download_hint(model: str, path: Path) -> str:
+    """How to get a missing SAM checkpoint: the official file's URL and sha256, where to put it."""
+    from ..masks import SAM_CHECKPOINTS
+
+    if model not in SAM_CHECKPOINTS:
+        return f"point settings.sam_checkpoint at a local SAM {model} file"
+    url, sha = SAM_CHECKPOINTS[model]
+    return (f"download {url} (sha256 {sha}) to {path}, or point settings.sam_checkpoint (or "
+            f"$VCMBENCH_SAM_CHECKPOINT for the sanerv_paper card) at your copy")
