@@ -4,7 +4,9 @@ common-items tests), or while a marker file exists (the rerun tests). They are t
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -36,4 +38,14 @@ class FailsWhileFileExists(JpegCodec):
     def encode(self, image: np.ndarray, quality: Any) -> Bitstream:
         if os.path.exists(self.marker):
             raise CodecError(f"fake encoder failure while {self.marker} exists")
+        return super().encode(image, quality)
+
+
+class WarnsAndFailsOnOnePicture(FailsOnOnePicture):
+    """Named fake: :class:`FailsOnOnePicture` that also raises a Python warning and logs a logging warning on
+    every encode (what a library does when it warns during a run; the run-log tests)."""
+
+    def encode(self, image: np.ndarray, quality: Any) -> Bitstream:
+        warnings.warn(f"fake encoder: quality {quality} is clipped", UserWarning, stacklevel=2)
+        logging.getLogger("tests.codec_fakes").warning("fake encoder: slow path taken")
         return super().encode(image, quality)

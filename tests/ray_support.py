@@ -70,6 +70,8 @@ def tidy(report: RunReport, renamed: dict[str, str] | None = None) -> pd.DataFra
     df = pd.DataFrame(report.rows).drop(columns=["run_id", "encode_s", "decode_s", "infer_s"])
     if renamed:
         df = df.drop(columns=["codec_id", "task_id"]).replace({"codec": renamed, "task": renamed})
+        for card, name in renamed.items():  # "card (weights file)": the scoring card under its compared name
+            df["scored_by"] = df.scored_by.str.replace(f"{card} (", f"{name} (", regex=False).replace({card: name})
     return df.sort_values(["codec", "quality", "metric"]).reset_index(drop=True)
 
 

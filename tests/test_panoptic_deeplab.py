@@ -297,7 +297,7 @@ def test_cityscapes_card_path_end_to_end(zoo_file: Path, tmp_path: Path) -> None
     assert all(decode_id_png(p["png"]).shape == (64, 128) for p in preds.values())
     assert task._pp is not None and task._pp.thing_classes == tuple(range(11, 19))
     m = task.evaluate(preds, ds)
-    assert {"pq", "pq_th", "pq_st", "sq", "rq"} <= set(m) and "ap" not in m  # no COCO instances on Cityscapes
+    assert {"pq", "pq_th", "pq_st", "sq", "rq", "ap", "ap50", "ap_car"} <= set(m)  # AP from the instanceIds maps
     # the ground truth written as predictions, with classes as train ids, scores 1 through the same path
     gt = ds.panoptic_gt()
     train_id = {c["id"]: i for i, c in enumerate(gt.categories)}
@@ -307,9 +307,11 @@ def test_cityscapes_card_path_end_to_end(zoo_file: Path, tmp_path: Path) -> None
         keep = [s for s in segs if not s["iscrowd"]]
         ids = np.where(np.isin(ids, [s["id"] for s in keep]), ids, 0)
         perfect[it.id] = {"png": encode_id_png(ids), "segments_info": [
-            {"id": s["id"], "class": train_id[s["category_id"]], "isthing": 0} for s in keep]}  # fmt: skip
+            {"id": s["id"], "class": train_id[s["category_id"]], "isthing": int(s["id"] >= 1000), "score": 0.9}
+            for s in keep]}  # fmt: skip
     m = task.evaluate(perfect, ds)
     assert m["pq"] == 1.0 and m["pq_th"] == 1.0 and m["pq_st"] == 1.0
+    assert m["ap"] == 1.0 and m["ap50"] == 1.0 and m["ap_car"] == 1.0 and m["ap_person"] == 1.0
 
 
 # ---- task + the synth-trained model --------------------------------------------------------------

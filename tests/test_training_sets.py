@@ -1,6 +1,6 @@
 """Training sets of learned codecs: masks on any split, the record in every checkpoint (`vcmbench inspect`),
-the warning of a run that scores a codec on its own training images, and the README recipe end to end
-(masks on train, training on train, evaluation on val) on small generated data in the COCO layout."""
+the warning of a run that scores a codec on its own training images, and the recipe of docs/learned-codecs.md
+end to end (masks on train, training on train, evaluation on val) on small generated data in COCO's layout."""
 
 from __future__ import annotations
 
@@ -180,10 +180,10 @@ def test_inspect_a_card_reads_what_is_here_and_downloads_nothing(synth: Path, tm
     assert "has no trained checkpoints" in capsys.readouterr().err
 
 
-# ---- the README recipe -------------------------------------------------------------------------------
+# ---- the docs recipe (docs/learned-codecs.md) --------------------------------------------------------
 def test_readme_recipe_masks_and_training_on_train_evaluation_on_val(synth: Path, tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    """README "Learned codecs for machines": object masks on train2017, Object-ICM trained on train2017,
+    """docs/learned-codecs.md, the training recipe: object masks on train2017, Object-ICM trained on train2017,
     scored on val2017; the run finds no training image in val, and inspect lists exactly train2017."""
     coco = tmp_path / "coco"
     coco_split(synth, coco, "train2017", {"train": [0, 1, 2, 3, 4, 5]})

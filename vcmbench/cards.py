@@ -26,7 +26,7 @@ from .registry import REGISTRIES, did_you_mean
 KINDS = ("codec", "task", "dataset")
 FOLDERS = {"codec": "codecs", "task": "tasks", "dataset": "datasets"}
 ALLOWED_KEYS = {
-    "codec": {"name", "kind", "adapter", "version", "description", "qualities", "settings"},
+    "codec": {"name", "kind", "adapter", "version", "description", "qualities", "settings", "task_weights"},
     "task": {"name", "kind", "adapter", "version", "description", "settings"},
     "dataset": {"name", "kind", "adapter", "version", "description", "settings"},
 }
@@ -46,6 +46,10 @@ class Card:
     qualities: tuple[Any, ...] = ()
     description: str = ""
     path: Path | None = None
+    #: codec-paired scoring: task name -> {quality label, or "*" for every quality -> the task card that scores
+    #: that rate point}; empty: every task scores every rate point (the plain cross product). Not part of the
+    #: digest: which model scores a point does not change the codec's bitstreams.
+    task_weights: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def digest(self) -> str:
         """Stable hash of what the card says (not where it lives)."""
@@ -150,7 +154,30 @@ def load_card(path: Path, kind: str | None = None) -> Card:
         qualities=qualities,
         description=str(raw.get("description", "")).strip(),
         path=path,
+        task_weights=parse_task_weights(raw.get("task_weights"), str(path)),
     )
+
+
+def parse_task_weights(raw: Any, where: str) -> dict[str, dict[str, str]]:
+    """A codec card's (or a run's) ``task_weights:``, normalised to {task: {quality label or "*": task card}}.
+
+    Each task maps to a task card name (scores every rate point) or to a mapping of quality -> task card
+    name, e.g. ``{yolov5: {1: yolov5_saicm93, 2: yolov5_saicm78}}``; qualities are compared as written
+    (``1`` and ``"1"`` are the same point)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise CardError(f"{where}: task_weights: must map task names to a task card, or to quality -> task card")
+    out: dict[str, dict[str, str]] = {}
+    for task, spec in raw.items():
+        per_q = {"*": spec} if isinstance(spec, str) else spec
+        if not isinstance(per_q, dict) or not per_q:
+            raise CardError(f"{where}: task_weights.{task}: give a task card name, or a mapping quality -> task card")
+        for q, card in per_q.items():
+            if not isinstance(card, str) or not card:
+                raise CardError(f"{where}: task_weights.{task}.{q}: {card!r} is not a task card name")
+        out[str(task)] = {str(q): card for q, card in per_q.items()}
+    return out
 
 
 class CardSet:

@@ -70,7 +70,7 @@ def _resource(text: str) -> tuple[str, float]:
 
 
 def _ray_args(r: argparse.ArgumentParser) -> None:
-    """``run`` options of the Ray executor (see README, "Distributed runs on Ray")."""
+    """``run`` options of the Ray executor (see docs/ray.md)."""
     g = r.add_argument_group("distributed runs on Ray (--executor ray)")
     g.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: threads in this process; ray: Ray tasks (encode/decode) and actors (models)")
@@ -209,8 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="print and write the RD points and a BD-rate table against an anchor")
     source_args(rp)
+    rp.add_argument("more", nargs="*", metavar="RUN",
+                    help="with --html: more runs (run folder, results.csv, output folder or run id) overlaid")
     rp.add_argument("--metric", type=_csv, default=None, help="only these metrics")
     _bd_args(rp, items=True)
+    h = rp.add_argument_group("HTML page (see docs/report-html.md)")
+    h.add_argument("--html", action="store_true", help="write one self-contained HTML page (plots, tables, "
+                   "provenance, decoded pictures of chosen items) instead of printing tables")
+    h.add_argument("--out", default=None, metavar="FILE", help="the page's file [<first run folder>/report.html]")
+    h.add_argument("--items", type=_csv, default=None, metavar="ID,ID",
+                   help="items shown decoded at every RD point [the first --first of each dataset]")
+    h.add_argument("--first", type=int, default=3, metavar="N", help="items shown without --items [3]")
+    h.add_argument("--thumb-size", type=int, default=320, metavar="PX", help="longest side of a picture [320]")
+    h.add_argument("--min-score", type=float, default=0.25, help="lowest score of a drawn box [0.25]")  # fmt: skip
 
     c = sub.add_parser("compare", help="fail (exit 1) when NEW regresses against BASELINE")
     c.add_argument("baseline", help="baseline results.csv / run folder / output folder")
@@ -236,6 +247,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_masks_parser(sub)  # vcmbench/train/commands.py
     add_train_parser(sub)
+
+    dec = sub.add_parser("decode", help="write the decoded images of chosen items of a finished run as PNG, each "
+                         "codec at each rate point, optionally with the task's predictions drawn",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    dec.add_argument("source", nargs="?", default="results", help="output folder (its latest run) or a run folder")
+    dec.add_argument("--run", default=None, help="run id in the output folder [latest]")
+    dec.add_argument("--ids", type=_csv, required=True, metavar="ID,...", help="item ids (image ids, clip names)")
+    dec.add_argument("--draw", action="store_true", help="draw the task's predicted boxes and class names")
+    dec.add_argument("--min-score", type=float, default=0.25, help="boxes drawn from this score up")
+    dec.add_argument("--out", default=None, help="folder for the PNGs [RUN/decoded]")
+
+    rep = sub.add_parser("reproduce", help="reproduce a paper from its experiment files (experiments/SUITE): plan, "
+                         "checklist of what is missing here, and the runs of what is present",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+    rep.add_argument("suite", help="experiment suite, e.g. sa-icm (a folder of experiments/)")
+    rep.add_argument("--only", type=_csv, default=None, metavar="ITEM,...",
+                     help="only these items (file names, or their prefix: fig6)")
+    rep.add_argument("--dry-run", action="store_true", help="print the plan, the work and the checklist; run nothing")
+    rep.add_argument("--stand-ins", action="store_true",
+                     help="run this repository's CPU-scale cards in place of missing paper cards (labelled as such)")
+    rep.add_argument("--data-root", action="append", default=[], metavar="[DATASET=]DIR",
+                     help="dataset root folder (repeatable, DATASET= to pick one)")
+    rep.add_argument("--limit", type=int, default=None, help="use the first N items of each dataset")
+    rep.add_argument("--out", default="results", help="output folder (store shared by the items; outputs in "
+                     "OUT/reproduce/SUITE/ITEM/)")
+    rep.add_argument("--offline", action="store_true",
+                     help="download nothing: weights absent here count as missing (and may be stood in for)")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ins = sub.add_parser("inspect", help="print, as JSON, what a learned-codec checkpoint (or each rate point of a "
                          "codec card) was trained on: objective, lambda, steps, sha256 of every training image")  # fmt: skip
@@ -327,23 +366,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .report import headline
     from .report.tables import format_table, points_table
+    from .run.runlog import Tee
 
+    say = Tee(report.log_path)  # the terminal, and the same lines into the run's run.log
     if report.rows:
-        print(format_table(points_table(headline(pd.DataFrame(report.rows)))))
+        say(format_table(points_table(headline(pd.DataFrame(report.rows)))))
     for o in report.training_overlap:  # logged before the work too; repeated where it cannot scroll away
         if o.message():
-            print(o.message(), file=sys.stderr)
+            say(o.message(), file=sys.stderr)
     w = report.work
-    print(f"\nrun {report.run_id}: {w['encodes']} encodes, {w['decodes']} decodes, {w['inferences']} inferences, "
-          f"{w['evaluations']} evaluations performed; tables in {report.run_dir}")  # fmt: skip
+    say(f"\nrun {report.run_id}: {w['encodes']} encodes, {w['decodes']} decodes, {w['inferences']} inferences, "
+        f"{w['evaluations']} evaluations performed; tables in {report.run_dir}, log in {report.log_path}")  # fmt: skip
     if report.failures:
-        print(f"\n{len(report.failures)} item(s) failed (every other result is stored; rerun the same command "
-              "to retry them):", file=sys.stderr)  # fmt: skip
+        say(f"\n{len(report.failures)} item(s) failed (every other result is stored; rerun the same command "
+            "to retry them):", file=sys.stderr)  # fmt: skip
         for f in report.failures[:20]:
             first = f.error.splitlines()[0] if f.error else ""
-            print(f"  [{f.stage}] {f.unit} item {f.item}: {first}", file=sys.stderr)
+            say(f"  [{f.stage}] {f.unit} item {f.item}: {first}", file=sys.stderr)
         if len(report.failures) > 20:
-            print(f"  ... and {len(report.failures) - 20} more (see run.json)", file=sys.stderr)
+            say(f"  ... and {len(report.failures) - 20} more (see run.json and run.log)", file=sys.stderr)
         return 1
     return 0
 
@@ -404,10 +445,43 @@ def _report_tables(args: argparse.Namespace) -> tuple[Any, Any, Any, str, Any, P
     return points, groups, bd, anchor, opts, run_dir
 
 
+def _report_run_dir(source: str, run: str | None, root: Path) -> Path:
+    """A run folder from a path (see ``resolve_run_dir``) or a run id of the output folder ``root``."""
+    from .report import resolve_run_dir
+
+    if not Path(source).exists() and (root / "runs" / source / "results.csv").is_file():
+        return root / "runs" / source
+    return resolve_run_dir(source, run)
+
+
+def cmd_report_html(args: argparse.Namespace) -> int:
+    from .errors import VcmbenchError
+    from .report.html import HtmlOptions, write_html_report
+
+    if args.first < 1 or args.thumb_size < 16:
+        raise VcmbenchError(f"--first must be >= 1 and --thumb-size >= 16, got {args.first} and {args.thumb_size}")
+    first = _report_run_dir(args.source, args.run, Path("results"))
+    root = first.parent.parent if first.parent.name == "runs" else Path("results")
+    dirs = [first, *(_report_run_dir(s, None, root) for s in args.more)]
+    opts = HtmlOptions(metrics=args.metric, anchor=args.anchor, bd=_bd_options(args), declared_lower=args.lower_is_better,
+                       items=args.items, limit=args.first, thumb=args.thumb_size, min_score=args.min_score,
+                       caption=_bd_caption)  # fmt: skip
+    out = Path(args.out) if args.out else first / "report.html"
+    print(f"written: {write_html_report(dirs, out, opts)}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report.tables import format_table, markdown_table
+    from .report import load_results
+    from .report.tables import cost_note, format_table, markdown_table
     from .report.training import load_training_overlap, mark_training, training_messages
 
+    if args.html:
+        return cmd_report_html(args)
+    if args.more:
+        from .errors import VcmbenchError
+
+        raise VcmbenchError(f"several runs ({args.source}, {', '.join(args.more)}) are compared in one page with --html")
     points, groups, bd, anchor, opts, run_dir = _report_tables(args)
     overlap = load_training_overlap(run_dir)
     points = mark_training(points, overlap)
@@ -420,6 +494,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(format_table(groups))
     print(f"\n{caption}")
     print(format_table(bd.drop(columns=["warnings"]), "{:.3f}"))
+    cost = cost_note(load_results(args.source, args.run))  # the times' machines, how MACs were counted
+    for line in cost:
+        print(f"\n{line}")
     warnings = [f"{r.codec} {r.metric}: {w}" for r in bd.itertuples() for w in str(r.warnings).split(" | ") if w]
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -433,6 +510,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         (f"# Training images\n\n{trained}\n" if trained else "")
         + f"# RD points\n\n{markdown_table(points)}\n\n{per_group}# BD-rate against {anchor} ({opts.method}, "
         f"{opts.fit} points)\n\n{caption}\n\n{markdown_table(bd.drop(columns=['warnings']), '{:.3f}')}\n"
+        + "".join(f"\n{line}\n" for line in cost)
         + (f"\nWarnings:\n\n{listed}" if listed else "")
     )
     print(f"\nwritten: {run_dir / 'bd_rate.csv'}, {run_dir / 'report.md'}")
@@ -456,12 +534,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def check_parquet_engine() -> None:
+    """Parquet export needs pyarrow, the optional ``parquet`` extra: fail before any work, naming it."""
+    from .errors import VcmbenchError
+
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        raise VcmbenchError(f"--format parquet needs pyarrow ({exc}): pip install 'vcmbench[parquet]', "
+                            "or export --format csv") from None  # fmt: skip
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .report import resolve_run_dir
     from .store import Store
 
+    if args.format == "parquet":
+        check_parquet_engine()
     run_dir = resolve_run_dir(args.source, args.run)
     dest = Path(args.dest) if args.dest else run_dir
     dest.mkdir(parents=True, exist_ok=True)
@@ -499,10 +590,40 @@ def cmd_train_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_decode(args: argparse.Namespace) -> int:
+    from .errors import VcmbenchError
+    from .report import resolve_run_dir
+    from .report.decoded import decoded_views, save_views
+
+    run_dir = resolve_run_dir(args.source, args.run)
+    views = decoded_views(run_dir.parent.parent, run_dir.name, args.ids)
+    found = {v.item_id for v in views}
+    unknown = [i for i in args.ids if i not in found]
+    if unknown:
+        raise VcmbenchError(f"item(s) {', '.join(unknown)} are not in run {run_dir.name}; its items are listed in "
+                            f"{run_dir / 'items.csv'}")  # fmt: skip
+    written = save_views(views, Path(args.out) if args.out else run_dir / "decoded", args.draw, args.min_score)
+    for v in views:
+        if v.error:
+            print(f"{v.dataset}/{v.task}/{v.point} item {v.item_id}: {v.error}", file=sys.stderr)
+    for path in written:
+        print(path)
+    print(f"{len(written)} PNG(s) written for {len(found)} item(s)", file=sys.stderr)
+    return 0 if len(written) == sum(v.image is not None for v in views) and written else 1
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce.command import ReproduceOptions, reproduce
+
+    return reproduce(ReproduceOptions(args.suite, args.only, args.dry_run, args.stand_ins, _parse_roots(args.data_root),
+                                      args.limit, Path(args.out), not args.no_progress, args.offline))  # fmt: skip
+
+
 COMMANDS = {
     "run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "plot": cmd_plot, "report": cmd_report,
     "compare": cmd_compare, "export": cmd_export, "train-synth": cmd_train_synth,
-    "masks": cmd_masks, "train": cmd_train, "inspect": cmd_inspect,
+    "masks": cmd_masks, "train": cmd_train, "inspect": cmd_inspect, "reproduce": cmd_reproduce,
+    "decode": cmd_decode,
 }  # fmt: skip
 
 

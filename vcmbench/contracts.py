@@ -16,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Categories", "ClassMapped", "ClipFrames", "CocoInstances", "PanopticSource", "describe", "unmet"]
+__all__ = [
+    "Categories", "ClassMapped", "ClipFrames", "CocoInstances", "InstanceIdMaps", "PanopticSource", "describe", "unmet",
+]
 
 
 @runtime_checkable
@@ -36,6 +38,14 @@ class PanopticSource(Protocol):
     def panoptic_gt(self) -> Any: ...
 
     def panoptic_image_id(self, item_id: str) -> Any: ...
+
+
+@runtime_checkable
+class InstanceIdMaps(Protocol):
+    """Cityscapes instance ground truth: the ``*_gtFine_instanceIds.png`` of each item (pixel = label id x 1000
+    + instance number for one object; the bare label id for stuff, void and groups of objects)."""
+
+    def instance_ids_file(self, item_id: str) -> Any: ...
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ prediction key, which is what makes resume and caching per image.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,14 @@ class WorkUnit:
     codec_id: str
     item_ids: tuple[str, ...]
     item_shas: tuple[str, ...]
+    #: the task card whose model scores this point when it is not ``task``'s own (codec-paired scoring, e.g. a
+    #: detector fine-tuned on this codec's decoded images); ``task_id`` is then that card's identity
+    scorer: str = ""
+
+    @property
+    def scoring_task(self) -> str:
+        """The task card whose model predicts and scores this unit."""
+        return self.scorer or self.task
 
     @property
     def is_reference(self) -> bool:
@@ -65,7 +73,8 @@ class WorkUnit:
 
     def label(self) -> str:
         q = "" if self.quality is None else f"@{self.quality}"
-        return f"{self.dataset}/{self.task}/{self.codec}{q}"
+        by = f"[{self.scorer}]" if self.scorer else ""
+        return f"{self.dataset}/{self.task}{by}/{self.codec}{q}"
 
 
 @dataclass(frozen=True)
@@ -81,11 +90,13 @@ def expand_grid(
     tasks: Sequence[tuple[str, str]],
     codecs: Sequence[tuple[str, str, Sequence[Any]]],
     reference: bool = True,
+    scorers: Callable[[str, Any, str], tuple[str, str] | None] | None = None,
 ) -> list[WorkUnit]:
     """Expand (dataset) x (task name, identity) x (codec name, identity, qualities) into units.
 
     The uncompressed reference point comes first for each dataset x task. Duplicate
-    points (the same codec listed twice) are dropped.
+    points (the same codec listed twice) are dropped. ``scorers(codec, quality, task)`` names the task card
+    (and its identity) that scores a rate point instead of ``task`` (codec-paired scoring), or None.
     """
     units: list[WorkUnit] = []
     seen: set[str] = set()
@@ -94,7 +105,10 @@ def expand_grid(
             points: list[tuple[str, str, Any]] = [(REFERENCE, REFERENCE, None)] if reference else []
             points += [(name, cid, q) for name, cid, qs in codecs for q in qs]
             for codec, codec_id, q in points:
-                unit = WorkUnit(ds.name, task, codec, q, ds.identity, task_id, codec_id, ds.item_ids, ds.item_shas)
+                paired = scorers(codec, q, task) if scorers is not None and codec != REFERENCE else None
+                scorer, scorer_id = paired if paired is not None else ("", task_id)
+                unit = WorkUnit(ds.name, task, codec, q, ds.identity, scorer_id, codec_id, ds.item_ids, ds.item_shas,
+                                scorer)  # fmt: skip
                 if unit.key not in seen:
                     seen.add(unit.key)
                     units.append(unit)

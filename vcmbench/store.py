@@ -5,7 +5,7 @@ Layout of an output root (``--out``, default ``results/``)::
     vcmbench.db            encodes (per codec x quality x image), predictions (per task x
                            codec x quality x image), evaluations (per work unit), runs
     bitstreams/ab/abcd...  every bitstream once, named by the sha256 of its bytes
-    runs/<run_id>/         results.csv (tidy table) and run.json (provenance) of each run
+    runs/<run_id>/         results.csv (tidy table), run.json (provenance) and run.log (log) of each run
 
 Every row is committed as soon as its work finishes, so a killed run loses at
 most the items in flight. Only the driver process writes.
@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     key TEXT PRIMARY KEY, dataset TEXT, dataset_id TEXT, task TEXT, task_id TEXT, codec TEXT, codec_id TEXT,
     quality TEXT, n_items INTEGER, n_failed INTEGER, nbytes INTEGER, pixels INTEGER, bpp REAL, bpp_mean REAL,
     psnr REAL, encode_s REAL, decode_s REAL, infer_s REAL, metrics TEXT, headline TEXT, failed_items TEXT, pred_keys TEXT,
-    run_id TEXT, updated REAL, kbps REAL, group_rates TEXT, lower_is_better TEXT, left_out TEXT
+    run_id TEXT, updated REAL, kbps REAL, group_rates TEXT, lower_is_better TEXT, left_out TEXT, scored_by TEXT
 );
 CREATE TABLE IF NOT EXISTS run_units (
     run_id TEXT, position INTEGER, eval_key TEXT, PRIMARY KEY (run_id, eval_key)
@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS file_hashes (
 TIDY_COLUMNS = [
     "run_id", "dataset", "task", "codec", "quality", "metric", "headline", "lower_is_better", "value", "bpp",
     "bpp_mean", "psnr", "n_items", "n_failed", "nbytes", "pixels", "kbps", "encode_s", "decode_s", "infer_s",
-    "codec_id", "task_id", "dataset_id",
+    "codec_id", "task_id", "dataset_id", "scored_by",
 ]  # fmt: skip
 
 #: the rate columns a unit has, and each group of a clip dataset has of its own
@@ -106,6 +106,8 @@ class Store:
             self.conn.execute("ALTER TABLE evaluations ADD COLUMN lower_is_better TEXT")
         if "left_out" not in have:  # finished items left out so that every codec is scored on the same ones
             self.conn.execute("ALTER TABLE evaluations ADD COLUMN left_out TEXT")
+        if "scored_by" not in have:  # the task card (and weights file) whose model scored the unit
+            self.conn.execute("ALTER TABLE evaluations ADD COLUMN scored_by TEXT")
 
     def close(self) -> None:
         self.conn.close()
@@ -287,10 +289,28 @@ class Store:
                         "lower_is_better": None if lower is None else metric.split("/", 1)[0] in lower,
                         "value": value, "n_failed": r["n_failed"], **unit, **groups.get(group, {}),
                         "infer_s": r["infer_s"], "codec_id": r["codec_id"], "task_id": r["task_id"],
-                        "dataset_id": r["dataset_id"],
+                        "dataset_id": r["dataset_id"], "scored_by": r["scored_by"],
                     }
                 )  # fmt: skip
         return rows
+
+    def run_evaluations(self, run_id: str) -> list[sqlite3.Row]:
+        """The evaluation rows of a run's units (dataset, task, codec, quality, pred_keys, ...), in run order."""
+        q = """SELECT e.* FROM run_units u JOIN evaluations e ON e.key = u.eval_key
+               WHERE u.run_id=? ORDER BY u.position"""
+        return self.conn.execute(q, (run_id,)).fetchall()
+
+    def encode_origins(self, pred_keys: Iterable[str]) -> list[tuple[int, int, str | None]]:
+        """(width, height, run id) of the finished encode behind each of these predictions: the size it coded
+        and the run that encoded it (whose machine its ``encode_s`` was measured on)."""
+        out: list[tuple[int, int, str | None]] = []
+        keys = list(pred_keys)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"""SELECT c.width, c.height, c.run_id FROM predictions p JOIN encodes c ON c.key = p.encode_key
+                    WHERE p.key IN ({','.join('?' * len(chunk))}) AND c.status = 'done'"""
+            out.extend((r["width"], r["height"], r["run_id"]) for r in self.conn.execute(q, chunk))
+        return out
 
     def per_item_rows(self, run_id: str) -> list[dict[str, Any]]:
         """Per-image rows (rate, times, status) of every unit of a run, for CSV/Parquet export."""

@@ -62,6 +62,33 @@ class TrainingSet:
     images_sha256: frozenset[str] | None
 
 
+@dataclass(frozen=True)
+class Complexity:
+    """What a codec's networks cost, counted (not timed): parameters and multiply-accumulates per pixel.
+
+    ``encoder_macs`` / ``decoder_macs`` are the MACs of coding one ``width`` x ``height`` image (padding the
+    codec adds included); per pixel they are divided by the unpadded ``width * height``. ``counted`` says
+    which sub-networks each count holds, ``not_counted`` which of the model's are in neither (and the entropy
+    coder never is); ``counter`` names the tool that counted."""
+
+    params: int
+    encoder_macs: int
+    decoder_macs: int
+    width: int
+    height: int
+    counted: str
+    not_counted: tuple[str, ...] = ()
+    counter: str = ""
+
+    def kmac_per_pixel(self, macs: int) -> float:
+        return macs / (self.width * self.height) / 1000.0
+
+    def columns(self) -> dict[str, Any]:
+        """The results-table columns: ``params``, ``enc_kMAC_px``, ``dec_kMAC_px`` and ``kMAC_at`` (the size)."""
+        return {"params": self.params, "enc_kMAC_px": self.kmac_per_pixel(self.encoder_macs),
+                "dec_kMAC_px": self.kmac_per_pixel(self.decoder_macs), "kMAC_at": f"{self.width}x{self.height}"}  # fmt: skip
+
+
 class Codec(ABC):
     """Base of every codec adapter.
 
@@ -132,6 +159,12 @@ class Codec(ABC):
         """The training set of the model this codec codes ``quality`` with; None for a codec with no trained
         weights (hand-designed codecs; NeRV's fitting of each clip is its encoder, not training). A codec
         with trained weights overrides this, so that a run warns when it is scored on its training images."""
+        return None
+
+    def complexity(self, quality: Any, width: int, height: int) -> Complexity | None:
+        """Parameter count and MACs of the networks that code a ``width`` x ``height`` image at ``quality``;
+        None for a codec without networks to count (hand-designed codecs: their cost is their measured time).
+        A learned codec overrides this; the run records it beside each rate point (``docs/codec-cost.md``)."""
         return None
 
     @abstractmethod

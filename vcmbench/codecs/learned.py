@@ -28,6 +28,15 @@ and are accepted), a mismatch is an error naming both:
 ``download_page`` (informational) says where a checkpoint that must be fetched by hand comes
 from; a missing file's error names it.
 
+Where a publisher gives only the first hex digits of a file's sha256 (CompressAI's zoo names each
+file ``<model>-<quality>-<8 hex digits>.pth.tar``), a rate point says ``sha256_prefix:`` instead of
+``sha256:`` (checked by :func:`vcmbench.weights.resolve_weights`). A rate point's own ``arch_kwargs``
+(merged over the card's) give models whose size differs per rate point, as the zoo's do (``N``/``M``
+from CompressAI's ``cfgs``)::
+
+    rate_points:
+      1: {url: .../bmshj2018-hyperprior-1-7eb97409.pth.tar, sha256_prefix: 7eb97409, arch_kwargs: {N: 128, M: 192}}
+
 Card settings of the entropy coder and padding (both change the bits; the defaults are
 vcmbench's, the official SA-ICM card sets the release's, see :mod:`vcmbench.models.lic`):
 ``scale_levels`` (Gaussian scale-table size, default 256), ``pad_multiple`` (default:
@@ -97,10 +106,11 @@ from .base import Bitstream, Codec, Complexity, TrainingSet
 IMPL_VERSION = "2"
 FORMAT = 2
 LOSSES = ("lic", "objicm", "saicm", "tlicm")
-RATE_POINT_KEYS = {"lambda", "lambda2", "alpha", "tl_objective", "checkpoint", "url", "sha256", "random_seed",
-                   "description", "download_page"}
+RATE_POINT_KEYS = {"lambda", "lambda2", "alpha", "tl_objective", "checkpoint", "url", "sha256", "sha256_prefix",
+                   "random_seed", "description", "download_page", "arch_kwargs"}
 TL_OBJECTIVES = ("task", "features")
 _SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_SHA_PREFIX_RE = re.compile(r"^[0-9a-fA-F]{8,63}$")
 
 
 # ---- header --------------------------------------------------------------------------------------
@@ -218,6 +228,10 @@ class RatePoint:
     tl_objective: str | None = None
     #: where a checkpoint fetched by hand comes from (named in the error when it is missing)
     download_page: str | None = None
+    #: the first hex digits of the checkpoint's sha256, where only those are published (CompressAI's zoo)
+    sha256_prefix: str | None = None
+    #: this rate point's model settings, over the card's ``arch_kwargs`` (the zoo's N / M per quality)
+    arch_kwargs: Mapping[str, Any] | None = None
 
 
 def parse_rate_points(raw: Any, where: str) -> dict[int | float, RatePoint]:
@@ -246,20 +260,38 @@ def parse_rate_points(raw: Any, where: str) -> dict[int | float, RatePoint]:
         if not ckpt and not url and seed is None:
             raise CodecError(f"{where}: rate point {key!r} needs checkpoint: (a path) or url: (+ sha256:), "
                              "or random_seed: for untrained weights")
-        if url and not sha:
+        prefix = _sha256_prefix(spec, key, where)
+        if url and not sha and not prefix:
             raise CodecError(f"{where}: rate point {key!r} downloads from {url} but has no sha256:; add it")
         if sha is not None and not _SHA_RE.match(str(sha)):
             raise CodecError(f"{where}: rate point {key!r}: sha256 {sha!r} is not 64 hex digits")
+        kwargs = spec.get("arch_kwargs")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise CodecError(f"{where}: rate point {key!r}: arch_kwargs must be a mapping (e.g. {{N: 128, M: 192}})")
         _check_training_keys(spec, key, where)
         lmbda, alpha = spec.get("lambda"), spec.get("alpha")
         if knum in points:
             raise CodecError(f"{where}: rate point {key!r} is listed twice")
         points[knum] = RatePoint(knum, None if lmbda is None else float(lmbda), ckpt, url, sha,
                                  spec.get("lambda2"), seed, None if alpha is None else float(alpha),
-                                 spec.get("tl_objective"), spec.get("download_page"))  # fmt: skip
+                                 spec.get("tl_objective"), spec.get("download_page"), prefix,
+                                 None if kwargs is None else dict(kwargs))  # fmt: skip
     if len(points) > 255:
         raise CodecError(f"{where}: at most 255 rate points")
     return points
+
+
+def _sha256_prefix(spec: Mapping[str, Any], key: Any, where: str) -> str | None:
+    """The rate point's ``sha256_prefix`` (8 to 63 hex digits, lower case; not with ``sha256``), or None."""
+    prefix = spec.get("sha256_prefix")
+    if prefix is None:
+        return None
+    if spec.get("sha256") is not None:
+        raise CodecError(f"{where}: rate point {key!r} has both sha256: and sha256_prefix:; keep the whole sha256")
+    if not isinstance(prefix, str) or not _SHA_PREFIX_RE.match(prefix):
+        raise CodecError(f"{where}: rate point {key!r}: sha256_prefix {prefix!r} is not a string of 8 to 63 hex "
+                         "digits (quote it in YAML: '23852949')")  # fmt: skip
+    return prefix.lower()
 
 
 def _check_training_keys(spec: Mapping[str, Any], key: Any, where: str) -> None:
@@ -356,8 +388,10 @@ class LearnedCodec(Codec):
     def identity(self) -> str:
         """Architecture + every rate point's λ and checkpoint sha256 + implementation versions."""
         points = {
-            str(k): {"lambda": p.lmbda, "sha256": self.checkpoint_sha256(k)} for k, p in self.points.items()
-        }
+            str(k): {"lambda": p.lmbda, "sha256": self.checkpoint_sha256(k),
+                     **({"arch_kwargs": dict(p.arch_kwargs)} if p.arch_kwargs else {})}
+            for k, p in self.points.items()
+        }  # fmt: skip
         ident = {"class": type(self).__qualname__, "arch": self.arch, "arch_kwargs": self.arch_kwargs,
                  "points": points, "version": self.version()}  # fmt: skip
         return stable_hash({**ident, **self._coder_identity()})
@@ -394,20 +428,22 @@ class LearnedCodec(Codec):
         if key in self._paths:
             return self._paths[key]
         from ..media.hashing import file_sha256
-        from ..weights import resolve_weights
+        from ..weights import checksum_problem, resolve_weights
 
         p = self.points[key]
         path: Path | None = None
         if p.checkpoint:
             path = self._local_checkpoint(key)
         if path is None:
-            path = resolve_weights(None, p.url, p.sha256, self.download_name(key), f"codec {self.name}")
-        if p.sha256:
-            actual = file_sha256(path)
-            if actual.lower() != p.sha256.lower():
+            path = resolve_weights(None, p.url, p.sha256, self.download_name(key), f"codec {self.name}",
+                                   sha256_prefix=p.sha256_prefix)  # fmt: skip
+        if p.sha256 or p.sha256_prefix:
+            problem = checksum_problem(file_sha256(path), p.sha256, p.sha256_prefix)
+            if problem:
+                fresh = f"delete it to download it again from {p.url}" if p.url else "restore the file"
                 raise WeightsError(
-                    f"codec {self.name}: checkpoint {path} of rate point {key} fails its checksum: expected "
-                    f"sha256 {p.sha256.lower()}, actual {actual}. Fix: restore the file, or update sha256: in the card"
+                    f"codec {self.name}: checkpoint {path} of rate point {key} fails its checksum: {problem}. "
+                    f"Fix: {fresh}, or update sha256{'_prefix' if p.sha256_prefix else ''}: in the card"
                 )
         self._paths[key] = path
         return path
@@ -506,18 +542,22 @@ class LearnedCodec(Codec):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 try:
-                    model = build_model(self.arch, **self.arch_kwargs)
+                    model = build_model(self.arch, **self.point_arch_kwargs(key))
                 except ModelError as exc:
                     raise CodecError(f"codec {self.name}: {exc}") from None
             model.eval().update(scale_table=scale_table(self.scale_levels), force=True)
             return model.to(self.torch_device())
         path = self.checkpoint_path(key)
         try:
-            ck = load_checkpoint(path, self.arch, self.arch_kwargs, self.scale_levels)
+            ck = load_checkpoint(path, self.arch, self.point_arch_kwargs(key), self.scale_levels)
         except ModelError as exc:
             raise CodecError(f"codec {self.name}, rate point {key}: {exc}") from None
         self._check_training(key, path, ck.meta)
         return ck.model.to(self.torch_device()).eval()
+
+    def point_arch_kwargs(self, key: int | float) -> dict[str, Any]:
+        """The model settings of a rate point: the card's ``arch_kwargs`` with the rate point's own over them."""
+        return {**self.arch_kwargs, **(self.points[key].arch_kwargs or {})}
 
     def _check_training(self, key: int | float, path: Path, meta: Mapping[str, Any]) -> None:
         """The card's objective, λ, λ2, α and TL objective against the checkpoint's training record (absent

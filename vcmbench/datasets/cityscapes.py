@@ -12,7 +12,8 @@ On first use the panoptic ground truth is made with cityscapesscripts'
 have instances; ``ignoreInEval`` labels are void) into a cache folder keyed by the
 annotation files and the cityscapesscripts version, and reused afterwards. PQ on this
 dataset is computed by cityscapesscripts' own evaluator
-(:func:`vcmbench.metrics.panoptic.cityscapes_pq`).
+(:func:`vcmbench.metrics.panoptic.cityscapes_pq`); instance-level AP reads the instanceIds maps
+(:meth:`CityscapesDataset.instance_ids_file`, scored by :mod:`vcmbench.metrics.cityscapes_instances`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class CityscapesDataset(Dataset):
         self.split = split
         self.cache = Path(cache).expanduser() if cache else None
         self._items: list[Item] | None = None
+        self._by_id: dict[str, Item] | None = None
         self._panoptic: Any = None
 
     @property
@@ -99,6 +101,7 @@ class CityscapesDataset(Dataset):
             raise self.missing_error(self.name, self.root, shown, expected,
                                      "every image needs its gtFine annotations; unzip gtFine_trainvaltest.zip into the root")  # fmt: skip
         self._items = items
+        self._by_id = None
 
     def all_items(self) -> list[Item]:
         if self._items is None:
@@ -108,6 +111,15 @@ class CityscapesDataset(Dataset):
 
     def panoptic_image_id(self, item_id: str) -> str:
         return item_id
+
+    def instance_ids_file(self, item_id: str) -> Path:
+        """The item's ``gtFine/<split>/<city>/<id>_gtFine_instanceIds.png`` (instance-level AP ground truth)."""
+        if self._by_id is None:
+            self._by_id = {it.id: it for it in self.all_items()}
+        item = self._by_id.get(item_id)
+        if item is None:
+            raise KeyError(f"dataset {self.name}: no item {item_id!r} in {self.image_dir}")
+        return Path(item.meta["instance_ids"])
 
     def categories(self) -> list[dict[str, Any]]:
         """The 19 evaluated classes, by Cityscapes label id (those of the panoptic ground truth: cityscapesscripts'

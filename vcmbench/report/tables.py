@@ -101,8 +101,78 @@ def _bd_row(ref: Curve, curve: Curve, lower: bool, opts: BDOptions, items_reason
     return row
 
 
+#: what coding a point costs (see docs/codec-cost.md): seconds per megapixel of the encoder and the decoder,
+#: measured; parameters and thousands of multiply-accumulates per pixel of learned codecs' networks, counted
+COST_COLUMNS = ["enc_s_per_MP", "dec_s_per_MP", "params", "enc_kMAC_px", "dec_kMAC_px"]
+
 BD_COLUMNS = ["dataset", "task", "metric", "better", "anchor", "codec", "bd_rate", "bd_rate_note", "bd_metric",
-              "bd_metric_note", "fit", "method", "rate_overlap", "metric_overlap", "warnings"]  # fmt: skip
+              "bd_metric_note", "fit", "method", "rate_overlap", "metric_overlap", *COST_COLUMNS, "warnings"]  # fmt: skip
+
+
+def _numbers(df: pd.DataFrame, column: str) -> pd.Series:
+    """A column as numbers; all NaN where the table lacks it (results written before it existed)."""
+    if column not in df.columns:
+        return pd.Series(np.nan, index=df.index, dtype=float)
+    return pd.to_numeric(df[column], errors="coerce")
+
+
+def unit_costs(df: pd.DataFrame) -> pd.DataFrame:
+    """:data:`COST_COLUMNS` of each row's RD point: its coding times over its pixels (seconds per megapixel)
+    and its codec's counted parameters and kMAC/pixel (empty for hand-designed codecs and old results)."""
+    mp = _numbers(df, "pixels") / 1e6
+    return pd.DataFrame({
+        "enc_s_per_MP": _numbers(df, "encode_s") / mp, "dec_s_per_MP": _numbers(df, "decode_s") / mp,
+        "params": _numbers(df, "params").round().astype("Int64"), "enc_kMAC_px": _numbers(df, "enc_kMAC_px"),
+        "dec_kMAC_px": _numbers(df, "dec_kMAC_px"),
+    }, index=df.index)  # fmt: skip
+
+
+def curve_costs(df: pd.DataFrame) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(dataset, task, codec) -> :data:`COST_COLUMNS` of the codec's whole curve: all its points' coding
+    seconds over all their pixels, and the largest parameter count and kMAC/pixel among its points."""
+    pts = df[df.codec != REFERENCE].drop_duplicates(["dataset", "task", "codec", "quality"])
+    pts = pts.assign(_enc=_numbers(pts, "encode_s"), _dec=_numbers(pts, "decode_s"), _pix=_numbers(pts, "pixels"),
+                     **{c: _numbers(pts, c) for c in ("params", "enc_kMAC_px", "dec_kMAC_px")})  # fmt: skip
+    out = {}
+    for (ds, task, codec), g in pts.groupby(["dataset", "task", "codec"], sort=False):
+        timed = g[g._pix.notna()]
+        mp = timed._pix.sum() / 1e6 if len(timed) else np.nan
+        out[(str(ds), str(task), str(codec))] = {
+            "enc_s_per_MP": timed._enc.sum(min_count=1) / mp if mp else np.nan,
+            "dec_s_per_MP": timed._dec.sum(min_count=1) / mp if mp else np.nan,
+            **{c: g[c].max() for c in ("params", "enc_kMAC_px", "dec_kMAC_px")},
+        }  # fmt: skip
+    return out
+
+
+def cost_note(df: pd.DataFrame) -> list[str]:
+    """What the cost columns of a results table are and where their times were measured, in sentences (for
+    the report): the machines named by ``timed_on``, and how the MACs were counted."""
+    lines = []
+    coded = df[df.codec != REFERENCE]
+    if _numbers(coded, "encode_s").notna().any():
+        machines = sorted({m for v in coded.get("timed_on", pd.Series(dtype=object)).dropna()
+                           for m in str(v).split("; ") if m})  # fmt: skip
+        where = ("measured on " + " | ".join(machines)) if machines else (
+            "measured on a machine this results file does not name (written before vcmbench recorded it; "
+            "see provenance.machine in run.json)")
+        lines.append(
+            f"Coding time: enc_s_per_MP / dec_s_per_MP are encode / decode seconds per megapixel (a point's "
+            f"summed times over its pixels; a curve's over all its points), {where}. Times are of that machine: "
+            "an encode reused from the store keeps the time of the machine that encoded it."
+            + (" The times come from more than one machine: compare them with care." if len(machines) > 1 else "")
+        )
+    if _numbers(coded, "params").notna().any():
+        sizes = sorted({str(v) for v in coded.get("kMAC_at", pd.Series(dtype=object)).dropna()})
+        lines.append(
+            "Complexity (learned codecs): params = parameters of the rate point's model; enc_kMAC_px / "
+            "dec_kMAC_px = thousands of multiply-accumulates per pixel of the encoder's analysis transforms "
+            "(g_a + h_a) and the decoder's synthesis transforms (h_s + g_s), counted with PyTorch's "
+            f"torch.utils.flop_counter at {', '.join(sizes) or 'the image size'} (padding included, per pixel of "
+            "the unpadded image); context models, entropy-parameter networks and the entropy coder are not "
+            "counted. A curve shows the largest value among its points. Empty for hand-designed codecs."
+        )
+    return lines
 
 
 def bd_table(
@@ -126,6 +196,7 @@ def bd_table(
         opts = replace(opts, method=method)
     anchor = pick_anchor(list(dict.fromkeys(df.codec)), anchor)
     cs = curves(df)
+    costs = curve_costs(df)
     rows = []
     for (ds, task, metric, codec), curve in cs.items():
         ref = cs.get((ds, task, metric, anchor))
@@ -135,8 +206,10 @@ def bd_table(
         pair = _units(ds, task, anchor, ref) + _units(ds, task, codec, curve)
         reason = items.mismatch(pair) if items is not None else ""
         rows.append({"dataset": ds, "task": task, "metric": metric, "better": "lower" if is_lower else "higher",
-                     "anchor": anchor, "codec": codec, **_bd_row(ref, curve, is_lower, opts, reason)})  # fmt: skip
-    return pd.DataFrame(rows, columns=BD_COLUMNS), anchor
+                     "anchor": anchor, "codec": codec, **_bd_row(ref, curve, is_lower, opts, reason),
+                     **costs.get((str(ds), str(task), str(codec)), {})})  # fmt: skip
+    out = pd.DataFrame(rows, columns=BD_COLUMNS)
+    return out.assign(params=pd.to_numeric(out.params).round().astype("Int64")), anchor
 
 
 def points_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -147,9 +220,12 @@ def points_table(df: pd.DataFrame) -> pd.DataFrame:
     cols = ["bpp", "psnr", "n_items", "n_failed"]
     if "kbps" in df.columns and df.kbps.notna().any():  # clips: the bit rate at their frame rate too
         cols.insert(1, "kbps")
-    rate = df.drop_duplicates(idx).set_index(idx)[cols]
-    out = rate.join(wide).reset_index()
-    return out
+    if "scored_by" in df.columns and df.scored_by.notna().any():  # the model that scored each point
+        cols.append("scored_by")
+    units = df.drop_duplicates(idx)
+    rate = units.set_index(idx)[cols]
+    cost = unit_costs(units).set_index(units.set_index(idx).index)
+    return rate.join(wide).join(cost).reset_index()
 
 
 def mark_items(points: pd.DataFrame, items: ItemSets) -> pd.DataFrame:
@@ -180,19 +256,20 @@ def groups_table(df: pd.DataFrame, metrics: list[str] | None = None) -> pd.DataF
     return wide.reset_index().rename(columns={"base": "metric"})
 
 
+def _cell(v: object, floatfmt: str) -> str:
+    """One table cell: floats formatted, missing values (None, NaN, pd.NA) empty."""
+    if isinstance(v, float):
+        return "" if np.isnan(v) else floatfmt.format(v)
+    return "" if v is None or v is pd.NA else str(v)
+
+
 def format_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
     """A plain-text table (no extra dependency)."""
     if df.empty:
         return "(empty)"
     cells = [[str(c) for c in df.columns]]
     for _, row in df.iterrows():
-        line = []
-        for v in row:
-            if isinstance(v, float):
-                line.append("" if np.isnan(v) else floatfmt.format(v))
-            else:
-                line.append("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
-        cells.append(line)
+        cells.append([_cell(v, floatfmt) for v in row])
     widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -204,6 +281,6 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4f}") -> str:
     sep = "|" + "|".join("---" for _ in df.columns) + "|"
     body = []
     for _, row in df.iterrows():
-        vals = [("" if np.isnan(v) else floatfmt.format(v)) if isinstance(v, float) else str(v) for v in row]
+        vals = [_cell(v, floatfmt) for v in row]
         body.append("| " + " | ".join(vals) + " |")
     return "\n".join([head, sep, *body])

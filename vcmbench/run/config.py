@@ -54,3 +54,6 @@ class RunConfig:
     #: score every unit of a (dataset, task) on the items all of them finished (the points of one RD table and
     #: BD-rate on the same images); False scores each unit on all the items it finished
     common_items: bool = True
+    #: codec-paired scoring added to (and overriding) the codec cards' ``task_weights:``: codec name -> task
+    #: name -> {quality label or "*": task card} (see :func:`vcmbench.cards.parse_task_weights`)
+    task_weights: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)

@@ -26,6 +26,10 @@ def _work() -> dict[str, int]:
     return {"encodes": 0, "decodes": 0, "inferences": 0, "evaluations": 0}
 
 
+def _ignore_failure(stage: str, unit: str, item: str, error: str) -> None:
+    pass
+
+
 @dataclass
 class RunContext:
     store: Store
@@ -35,9 +39,12 @@ class RunContext:
     progress: bool = True
     failures: list[Failure] = field(default_factory=list)
     work: dict[str, int] = field(default_factory=_work)
+    #: called with every failure as it happens (the run log's ``FAILED`` line, :mod:`.runlog`)
+    on_failure: Callable[[str, str, str, str], None] = _ignore_failure
 
     def fail(self, stage: str, unit: str, item: str, error: str) -> None:
         self.failures.append(Failure(stage, unit, item, error))
+        self.on_failure(stage, unit, item, error)
 
     def gather(self, u: WorkUnit) -> tuple[list[str], dict[str, Any], dict[str, Any], list[str]]:
         """A unit's prediction keys, stored rows, finished predictions (item id -> prediction), failed items."""

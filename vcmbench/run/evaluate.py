@@ -58,7 +58,7 @@ def common_scope(ctx: RunContext, units: Sequence[WorkUnit]) -> dict[str, frozen
 
 def evaluate_unit(ctx: RunContext, u: WorkUnit, scorer: BackgroundScorer, keep: frozenset[str] | None = None) -> None:
     ds, items, _ = ctx.res.datasets[u.dataset]
-    task = ctx.res.tasks[u.task]
+    task = ctx.res.task(u.scoring_task)
     keys, preds, done, failed = ctx.gather(u)
     metrics = scorer.take(u.key)  # scored in the background on everything the unit finished
     done, left_out = _restrict(done, keep)
@@ -80,7 +80,8 @@ def evaluate_unit(ctx: RunContext, u: WorkUnit, scorer: BackgroundScorer, keep: 
             "task_id": u.task_id, "codec": u.codec, "codec_id": u.codec_id, "quality": quality_label(u.quality),
             "n_items": len(done), "n_failed": len(failed), "metrics": metrics, "headline": task.metrics,
             "lower_is_better": sorted(task.lower_is_better), "failed_items": failed, "left_out": left_out,
-            "pred_keys": keys, "infer_s": float(sum(infer)), "run_id": ctx.run_id, "group_rates": groups, **rate,
+            "pred_keys": keys, "infer_s": float(sum(infer)), "run_id": ctx.run_id, "group_rates": groups,
+            "scored_by": ctx.res.scored_by(u.scoring_task), **rate,
         }
     )  # fmt: skip
     _log_gaps(ctx, u, len(items), failed, left_out)

@@ -42,12 +42,12 @@ def pending_predictions(ctx: RunContext, units: Sequence[WorkUnit], background: 
                 missing.add(key)
                 if key not in queued:
                     queued.add(key)
-                    pending[u.task].append((u, item, sha, key))
-        task = ctx.res.tasks[u.task]
+                    pending[u.scoring_task].append((u, item, sha, key))
+        task = ctx.res.task(u.scoring_task)
         if wants_background(ctx.res.scoring, task.background_scoring, unit_size(ctx, u)) and ctx.needs_evaluation(u, scope=False):
             background.watch(u, missing)
     background.start(len(queued))
-    return pending
+    return pending  # by the task card whose model predicts: a paired scorer's model is loaded once
 
 
 def infer_stage(ctx: RunContext, units: Sequence[WorkUnit], executor: Executor, background: BackgroundScoring) -> None:
@@ -81,8 +81,8 @@ def decode_jobs(ctx: RunContext, work: list[Job]) -> Iterator[DecodeJob]:
 
 def infer_task(ctx: RunContext, task_name: str, work: list[Job], executor: Executor,
                background: BackgroundScoring) -> None:  # fmt: skip
-    """Decode and predict every pending item of one task, committing batch by batch."""
-    task = ctx.res.tasks[task_name]
+    """Decode and predict every pending item of one task (or paired scorer), committing batch by batch."""
+    task = ctx.res.task(task_name)
     where = {job[3]: job for job in work}
     # a clip is predicted frame by frame, task.batch_size frames at a time: one clip per batch keeps
     # one decoded clip (plus those decoded ahead) in memory

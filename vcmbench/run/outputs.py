@@ -1,5 +1,6 @@
 """What a run writes besides the store: ``runs/<run_id>/results.csv`` (tidy), ``items.csv`` (per item)
-and ``run.json`` (config, resolved cards, units, work, failures, provenance)."""
+and ``run.json`` (config, resolved cards, units, work, failures, provenance); ``run.log`` next to them is
+written while the run works (:mod:`.runlog`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ..plan import WorkUnit
 from ..store import TIDY_COLUMNS, Store
 from .config import RunConfig
 from .context import Failure
+from .cost import COST_COLUMNS
 from .resolve import ResolvedRun
 
 
@@ -33,7 +35,7 @@ def write_outputs(store: Store, run_dir: Path, run_id: str, status: str, rows: l
     import pandas as pd
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=TIDY_COLUMNS).to_csv(run_dir / "results.csv", index=False)
+    pd.DataFrame(rows, columns=[*TIDY_COLUMNS, *COST_COLUMNS]).to_csv(run_dir / "results.csv", index=False)
     pd.DataFrame(store.per_item_rows(run_id)).to_csv(run_dir / "items.csv", index=False)
     info = store.run_info(run_id)
     meta = {

@@ -9,18 +9,18 @@ Everything that can be wrong is found here, before any work. :func:`select_cards
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..adapters import build
-from ..cards import Card, CardError, CardSet
+from ..cards import Card, CardError, CardSet, parse_task_weights
 from ..codecs.base import Codec
 from ..contracts import Categories, ClassMapped, ClipFrames, unmet
 from ..datasets.base import Dataset, Item
 from ..errors import VcmbenchError
 from ..metrics.coco_map import resolve_backend
-from ..plan import REFERENCE
+from ..plan import REFERENCE, quality_label
 from ..tasks.base import Task
 from ..tasks.classes import ClassMapError
 from .config import RunConfig
@@ -52,6 +52,24 @@ class ResolvedRun:
     scoring: str
     #: the COCO mAP backend of the run
     coco_eval: str
+    #: codec-paired scoring: the task cards that score some rate points instead of their task, by name
+    scorers: dict[str, Task] = field(default_factory=dict)
+    #: (codec, quality label, task) -> the scorer card of that rate point (absent: the task itself)
+    pairing: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    def task(self, name: str) -> Task:
+        """A task of the grid or a paired scorer, by card name."""
+        return self.tasks[name] if name in self.tasks else self.scorers[name]
+
+    def scored_by(self, name: str) -> str:
+        """Which model scores with task card ``name``, in words for tables: the card and its weights file."""
+        weights = self.cards[name].settings.get("weights")
+        return f"{name} ({Path(str(weights)).name})" if weights else name
+
+    def scorer_of(self, codec: str, quality: Any, task: str) -> tuple[str, str] | None:
+        """The (scorer card, identity) of a rate point under codec-paired scoring, or None."""
+        name = self.pairing.get((codec, quality_label(quality) or "", task))
+        return None if name is None else (name, self.scorers[name].identity())
 
 
 # ---- pure parts ----------------------------------------------------------------------------------
@@ -171,9 +189,59 @@ def resolve(cfg: RunConfig, file_sha256: Callable[[Path], str]) -> ResolvedRun:
             task.batch_size = cfg.batch_size
         task.identity()  # resolves weights now: a missing file is an error before any work
         tasks[name] = task
-    check_pairs(codecs, tasks, datasets)
+    pairing = pair_scorers(cfg, chosen, {name: ladder.qualities for name, ladder in codecs.items()})
+    scorers = build_scorers(cfg, chosen, pairing)
+    check_pairs(codecs, {**tasks, **scorers}, datasets)
     scoring = background_mode(cfg.background_scoring, cfg.executor, cfg.address, cuda_available)
-    return ResolvedRun(codecs, tasks, datasets, chosen, scoring, coco_eval)
+    return ResolvedRun(codecs, tasks, datasets, chosen, scoring, coco_eval, scorers, pairing)
+
+
+def pair_scorers(cfg: RunConfig, chosen: Mapping[str, Card],
+                 ladders: Mapping[str, list[Any]]) -> dict[tuple[str, str, str], str]:  # fmt: skip
+    """Codec-paired scoring of the run: (codec, quality label, task) -> scorer card, from each codec card's
+    ``task_weights:`` with the run's (``cfg.task_weights``) on top. A quality's own entry wins over ``"*"``;
+    an entry for a task the run does not score is ignored; one for a quality outside the codec's ladder
+    is an error (a typo would otherwise score that point with the wrong model)."""
+    pairing: dict[tuple[str, str, str], str] = {}
+    for codec, qualities in ladders.items():
+        merged = {**chosen[codec].task_weights, **parse_task_weights(cfg.task_weights.get(codec), f"run: codec {codec}")}
+        labels = {quality_label(q) or "" for q in qualities}
+        for task, per_q in merged.items():
+            stray = set(per_q) - labels - {"*"}
+            if stray and task in cfg.tasks:
+                raise CardError(f"codec {codec}: task_weights.{task} names qualities {sorted(stray)} that the run "
+                                f"does not code (its ladder: {sorted(labels)})")  # fmt: skip
+            if task not in cfg.tasks:
+                continue
+            for label in labels:
+                card = per_q.get(label, per_q.get("*"))
+                if card is not None and card != task:
+                    pairing[(codec, label, task)] = card
+    return pairing
+
+
+def build_scorers(cfg: RunConfig, chosen: dict[str, Card], pairing: Mapping[tuple[str, str, str], str]) -> dict[str, Task]:
+    """The paired scorer tasks, built once each; each must use the adapter of the task it stands in for, and
+    its card joins ``chosen`` (the executor builds models from cards)."""
+    cards = CardSet([Path(d) for d in cfg.cards_dirs])
+    scorers: dict[str, Task] = {}
+    for (codec, _, task), name in sorted(pairing.items()):
+        if name in scorers:
+            continue
+        card = cards.get("task", name)
+        if card.adapter != chosen[task].adapter:
+            raise CardError(f"codec {codec}: task_weights.{task} names task card {name} (adapter {card.adapter}), "
+                            f"which cannot stand in for task {task} (adapter {chosen[task].adapter})")  # fmt: skip
+        if name in chosen and chosen[name].kind != "task":
+            raise CardError(f"task card {name} (a scorer of codec {codec}) has the name of a {chosen[name].kind} "
+                            "of the run; rename one of them")  # fmt: skip
+        chosen.setdefault(name, card)
+        scorer: Task = build(chosen[name])
+        if cfg.batch_size:
+            scorer.batch_size = cfg.batch_size
+        scorer.identity()  # resolves weights now: a missing file is an error before any work
+        scorers[name] = scorer
+    return scorers
 
 
 def _select_items(cfg: RunConfig, ds: Dataset, file_sha256: Callable[[Path], str]) -> SelectedDataset:

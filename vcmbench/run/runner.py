@@ -9,7 +9,8 @@ Stages, each resumable on its own (see :mod:`.encode`, :mod:`.infer`, :mod:`.eva
    the model still has work may be scored meanwhile in a background process (:mod:`vcmbench.scoring`).
 
 A failed item (corrupt image, crashed encoder) is recorded with its error and retried on the next run;
-every other result is kept. The driver is the only writer to the store.
+every other result is kept. The driver is the only writer to the store. Each run writes its log, failures and
+warnings into ``runs/<run_id>/run.log`` (:mod:`.runlog`), also when it is interrupted.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ from ..store import Store
 from .background import BackgroundScoring
 from .config import RunConfig
 from .context import Failure, RunContext
+from .cost import with_cost
 from .encode import encode_stage
 from .evaluate import evaluate_stage
 from .infer import infer_stage
 from .outputs import config_record, write_outputs
 from .resolve import ResolvedRun, resolve
+from .runlog import LOG_NAME, RunLog
 from .training_overlap import TrainingOverlap, training_overlaps
 
 
@@ -65,6 +68,11 @@ class RunReport:
     def run_dir(self) -> Path:
         return self.out / "runs" / self.run_id
 
+    @property
+    def log_path(self) -> Path:
+        """The run's log file (:mod:`.runlog`)."""
+        return self.run_dir / LOG_NAME
+
 
 def plan_units(cfg: RunConfig, res: ResolvedRun) -> list[WorkUnit]:
     selections = [DatasetSelection(name, ds.identity(), tuple(it.id for it in items), tuple(shas))
@@ -74,6 +82,7 @@ def plan_units(cfg: RunConfig, res: ResolvedRun) -> list[WorkUnit]:
         [(name, t.identity()) for name, t in res.tasks.items()],
         [(name, c.identity(), qs) for name, (c, qs) in res.codecs.items()],
         reference=cfg.reference,
+        scorers=res.scorer_of if res.pairing else None,
     )
 
 
@@ -110,7 +119,8 @@ class Runner:
 
     def __init__(self, config: RunConfig, log: Callable[[str], None] | None = None) -> None:
         self.config = config
-        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        #: the run's log function: the terminal (``log``, default stderr) and runs/<run_id>/run.log
+        self.log = self.runlog = RunLog(log or (lambda msg: print(msg, file=sys.stderr)))
         self.store = Store(config.out)
         self.scorer = BackgroundScorer(self.log)
         self.run_id: str | None = None
@@ -119,10 +129,27 @@ class Runner:
         return make_executor(self.config, self.log)
 
     def run(self) -> RunReport:
-        res = resolve(self.config, self.store.file_sha256)
-        # a chosen backend is the one the processes this run starts (scorer, Ray workers) use, while it runs
-        with exported(COCO_EVAL_ENV, res.coco_eval if self.config.coco_eval is not None else None):
-            return self._run(res)
+        with self.runlog.capture():  # warnings and logging records raised meanwhile go into run.log too
+            try:
+                res = resolve(self.config, self.store.file_sha256)
+                # a chosen backend is the one the processes this run starts (scorer, Ray workers) use, while it runs
+                with exported(COCO_EVAL_ENV, res.coco_eval if self.config.coco_eval is not None else None):
+                    return self._run(res)
+            except BaseException as exc:
+                self.runlog.stopped(self.run_id, exc)
+                raise
+            finally:
+                self.runlog.close()
+
+    def _open_log(self, run_id: str) -> None:
+        """Start the run's log file: which run, what command, and the run before it in this output root."""
+        previous = self.store.latest_run()
+        info = self.store.run_info(previous) if previous else None
+        before = f"{previous} ({info['status']})" if info else "none"
+        self.runlog.open(self.store.root / "runs" / run_id / LOG_NAME,
+                         f"vcmbench run {run_id} started {datetime.now(UTC).isoformat(timespec='seconds')}\n"
+                         f"command: {' '.join(sys.argv)}\nprevious run in {self.store.root}: {before} (a rerun "
+                         "resumes from the store and writes its own run.log in its own folder)")  # fmt: skip
 
     def _run(self, res: ResolvedRun) -> RunReport:
         cfg = self.config
@@ -131,6 +158,7 @@ class Runner:
         self.run_id = run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + stable_hash(
             [u.key for u in units] + [time.time()], n=6
         )
+        self._open_log(run_id)
         config = config_record(cfg, res, units)
         overlaps = training_overlaps(res, units, self.store.file_sha256)
         for o in overlaps:
@@ -142,11 +170,15 @@ class Runner:
         points = sum(len(q) for _, q in res.codecs.values()) + int(cfg.reference)
         self.log(f"run {run_id}: {len(units)} work units ({len(res.datasets)} dataset x {len(res.tasks)} task x "
                  f"{points} points) -> {self.store.root}")  # fmt: skip
-        ctx = RunContext(self.store, run_id, res, self.log, cfg.progress)
+        ctx = RunContext(self.store, run_id, res, self.log, cfg.progress, on_failure=self.runlog.failure)
         status, rows, seconds = self._stages(ctx, units, executor)
+        if status != "interrupted":  # times' machines and learned codecs' MACs beside the scores
+            rows = with_cost(self.store, res, units, rows, self.log)
         if status == "done" and ctx.failures:
             status = "failed"
         self.store.finish_run(run_id, status)
+        self.runlog.write(f"run {run_id} finished: status {status}, {len(ctx.failures)} failed item(s), work "
+                          + ", ".join(f"{n} {k}" for k, n in ctx.work.items()))  # fmt: skip
         report = RunReport(run_id, self.store.root, rows, ctx.failures, dict(ctx.work), status, seconds, overlaps)
         if status != "interrupted":
             write_outputs(self.store, report.run_dir, run_id, status, rows, report.work, report.failures, config)
@@ -163,10 +195,13 @@ class Runner:
                 t = time.perf_counter()
                 encode_stage(ctx, units, executor)
                 seconds["encode"] = time.perf_counter() - t
+                self._log_stage(ctx, "encode", seconds, "encodes")
                 infer_stage(ctx, units, executor, background)
                 seconds["infer"] = time.perf_counter() - t - seconds["encode"]
+                self._log_stage(ctx, "infer", seconds, "decodes", "inferences")
                 rows = evaluate_stage(ctx, units, self.scorer, self.config.common_items)
                 seconds["evaluate"] = time.perf_counter() - t - seconds["encode"] - seconds["infer"]
+                self._log_stage(ctx, "evaluate", seconds, "evaluations")
             except KeyboardInterrupt:
                 status = "interrupted"
                 self.log("interrupted: every finished result is stored; run the same command again to resume")
@@ -174,11 +209,17 @@ class Runner:
                 self.scorer.close(cancel=status == "interrupted")
         return status, rows, seconds
 
+    def _log_stage(self, ctx: RunContext, stage: str, seconds: dict[str, float], *counters: str) -> None:
+        """A stage's line in run.log, in place of its progress bar: the work it did, its failures, its time."""
+        failed = sum(f.stage == stage or (stage == "infer" and f.stage == "decode") for f in ctx.failures)
+        work = ", ".join(f"{ctx.work[c]} {c}" for c in counters)
+        self.runlog.write(f"stage {stage}: {work}, {failed} item(s) failed, {seconds[stage]:.1f} s")
+
     def _submit_scoring(self, ctx: RunContext, u: WorkUnit) -> None:
         _, _, done, _ = ctx.gather(u)
         if done:
             items = ctx.res.datasets[u.dataset].items
-            self.scorer.submit(u.key, ctx.res.cards[u.task], ctx.res.cards[u.dataset], items, done)
+            self.scorer.submit(u.key, ctx.res.cards[u.scoring_task], ctx.res.cards[u.dataset], items, done)
 
 
 def run(config: RunConfig, log: Callable[[str], None] | None = None) -> RunReport:

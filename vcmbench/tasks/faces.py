@@ -60,7 +60,7 @@ def _package_weights() -> list[Path]:
     except ImportError:
         raise WeightsError(
             "task faces needs facenet-pytorch (MTCNN, weights inside the wheel): "
-            "pip install facenet-pytorch --no-deps (or pip install 'vcmbench[learned]')"
+            "pip install --no-deps facenet-pytorch==2.6.0 (its metadata pins torch<2.3; docs/install.md)"
         ) from None
     data = Path(facenet_pytorch.__file__).parent / "data"
     files = [data / f"{n}.pt" for n in ("pnet", "rnet", "onet")]

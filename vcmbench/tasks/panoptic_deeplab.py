@@ -27,7 +27,10 @@ categories sorted by id, which is detectron2's contiguous-id convention).
 Scores: PQ/SQ/RQ for all, things and stuff (:mod:`vcmbench.metrics.panoptic`; with
 cityscapesscripts' evaluator when the dataset is Cityscapes), and instance mask AP of the
 thing segments (``ap``, ``ap50``; score = semantic probability x centre heatmap, as in
-detectron2) when the dataset also has COCO instance ground truth.
+detectron2) when the dataset also has COCO instance ground truth; on Cityscapes (instanceIds
+ground truth) ``ap``, ``ap50`` and per class ``ap_<class>``, ``ap50_<class>`` are the instance-level
+AP of cityscapesscripts' ``evalInstanceLevelSemanticLabeling``
+(:mod:`vcmbench.metrics.cityscapes_instances`). PQ stays the headline.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cards import Card, resolve_card_path
-from ..contracts import CocoInstances, PanopticSource
+from ..contracts import CocoInstances, InstanceIdMaps, PanopticSource
 from ..errors import WeightsError
 from ..media.devices import resolve_device
 from ..media.hashing import file_sha256
@@ -98,7 +101,8 @@ class PanopticDeepLabTask(Task):
 
     metrics: ClassVar[tuple[str, ...]] = ("pq", "pq_th", "pq_st")
     location_settings: ClassVar[tuple[str, ...]] = ("weights", "url")
-    #: PQ needs panoptic ground truth; a dataset that also has COCO instances gets mask AP of the things
+    #: PQ needs panoptic ground truth; a dataset that also has COCO instances gets mask AP of the things, one
+    #: with Cityscapes instanceIds maps (:class:`InstanceIdMaps`) Cityscapes' instance-level AP
     requires: ClassVar[tuple[type, ...]] = (PanopticSource,)
 
     def __init__(
@@ -278,7 +282,22 @@ class PanopticDeepLabTask(Task):
         metrics = evaluate_predictions(by_image, gt)
         if isinstance(dataset, CocoInstances):
             metrics.update(self._instance_ap(predictions, dataset, cats))
+        elif isinstance(dataset, InstanceIdMaps):
+            metrics.update(self._cityscapes_ap(predictions, dataset, cats))
         return metrics
+
+    def _cityscapes_ap(self, predictions: Mapping[str, Any], dataset: InstanceIdMaps, cats: list[int]) -> dict[str, float]:
+        """Cityscapes instance-level AP of the thing segments against the instanceIds maps (``ap``, ``ap50``, and
+        ``ap_<class>``, ``ap50_<class>``), as cityscapesscripts' evalInstanceLevelSemanticLabeling computes it."""
+        from ..metrics.cityscapes_instances import evaluate, image_regions_from_segments, read_instance_ids
+        from ..metrics.panoptic import decode_id_png
+
+        images = []
+        for item_id, p in predictions.items():
+            things = [(s["id"], cats[s["class"]], float(s.get("score", 1.0))) for s in p["segments_info"] if s["isthing"]]
+            gt_ids = read_instance_ids(dataset.instance_ids_file(item_id))
+            images.append(image_regions_from_segments(gt_ids, decode_id_png(p["png"]), things, name=f"{self.name} {item_id}"))
+        return evaluate(images).metrics()
 
     def _instance_ap(self, predictions: Mapping[str, Any], dataset: CocoInstances, cats: list[int]) -> dict[str, float]:
         """Mask AP of the thing segments against the dataset's COCO instances (``ap``, ``ap50``)."""

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from ..contracts import Categories, CocoInstances
-from ..errors import WeightsError
+from ..errors import VcmbenchError, WeightsError
 from ..media.devices import resolve_device
 from ..media.hashing import file_sha256
 from ..models.safe_pickle import UnsafeCheckpointError, load_checkpoint
@@ -69,6 +69,7 @@ __all__ = [
     "YOLOv5Task",
     "checkpoint_class_names",
     "load_yolov5_checkpoint",
+    "missing_module_error",
     "rect_input_shape",
     "resize_long_side",
 ]
@@ -80,13 +81,25 @@ IMPL_VERSION = "1"
 PAD_VALUE = 114
 
 
+#: how to install what tasks yolov5 and yolov7 import (the yolov5 package without its own requirements)
+YOLO_INSTALL = "pip install 'vcmbench[yolo]' && pip install --no-deps yolov5==7.0.14 (docs/install.md)"
+
+
+def missing_module_error(task: str, exc: ModuleNotFoundError) -> VcmbenchError:
+    """The error for a task whose package (or one of its imports) is not installed, naming the fix."""
+    return VcmbenchError(f"task {task} cannot import {exc.name!r} ({exc}): install it with {YOLO_INSTALL}")
+
+
 def _yolov5_modules() -> tuple[Any, Any, Any]:
     """Import the yolov5 package quietly; returns (models.yolo, utils.general, utils.augmentations)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pkg_resources deprecation and similar import-time noise
-        import yolov5.models.yolo as yolo
-        import yolov5.utils.augmentations as augmentations
-        import yolov5.utils.general as general
+        try:
+            import yolov5.models.yolo as yolo
+            import yolov5.utils.augmentations as augmentations
+            import yolov5.utils.general as general
+        except ModuleNotFoundError as exc:
+            raise missing_module_error("yolov5", exc) from None
     return yolo, general, augmentations
 
 

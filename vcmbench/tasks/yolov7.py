@@ -75,9 +75,12 @@ def _yolov7_modules() -> tuple[Any, Any, Any]:
     """Import the yolov7-package modules quietly; returns (models.yolo, models.common, utils.datasets)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import yolov7_package.models.common as common
-        import yolov7_package.models.yolo as yolo
-        import yolov7_package.utils.datasets as datasets
+        try:
+            import yolov7_package.models.common as common
+            import yolov7_package.models.yolo as yolo
+            import yolov7_package.utils.datasets as datasets
+        except ModuleNotFoundError as exc:
+            raise _v5.missing_module_error("yolov7", exc) from None
     return yolo, common, datasets
 
 
