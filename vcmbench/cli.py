@@ -119,6 +119,7 @@ def _bd_args(sp: argparse.ArgumentParser, items: bool) -> None:
     g = sp.add_argument_group("BD-rate (see vcmbench/metrics/bd.py)")
     if items:
         g.add_argument("--anchor", default=None, help="anchor codec [vtm, else vvenc, else the first codec]")
+        _import_args(sp)
     g.add_argument("--method", choices=METHODS, default="pchip",
                    help="interpolation: pchip (JVET CTC), cubic (VCEG-M33), akima [pchip]")
     g.add_argument("--fit", choices=FITS, default="measured",
@@ -137,6 +138,26 @@ def _bd_args(sp: argparse.ArgumentParser, items: bool) -> None:
                             "(marked in the note) [leave them empty]")
     g.add_argument("--lower-is-better", type=_csv, default=[], metavar="M1,M2",
                    help="metrics where lower is better, for tables that do not record it (e.g. face_recall)")  # fmt: skip
+
+
+def _import_args(sp: argparse.ArgumentParser) -> None:
+    """``--import`` of ``report`` and ``plot``: external RD points as extra curves (see docs/ctc.md)."""
+    g = sp.add_argument_group("external RD points (see docs/ctc.md)")
+    g.add_argument("--import", dest="imports", action="append", default=[], metavar="[NAME=]FILE",
+                   help="a CTC table (.csv, as `export --format ctc` writes) or CompressAI results (.json) as "
+                        "the curve of codec NAME [from the file] (repeatable)")
+    g.add_argument("--import-metric", default="map", metavar="METRIC",
+                   help="the metric of end_accuracy in CTC tables without a metric column [map: the CTC's AP]")  # fmt: skip
+
+
+def _with_imports(args: argparse.Namespace, df: Any) -> Any:
+    """The results table with the ``--import`` files' points added (notes printed)."""
+    from .report.external import ImportSpec, imported_rows
+
+    df, notes = imported_rows(df, [ImportSpec.parse(t) for t in args.imports], args.import_metric)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return df
 
 
 def _bd_options(args: argparse.Namespace) -> Any:
@@ -188,6 +209,29 @@ def build_parser() -> argparse.ArgumentParser:
                         "about 6x faster) or pycocotools (the reference) [$VCMBENCH_COCO_EVAL, else faster_coco_eval]")
     _ray_args(r)
 
+    es = sub.add_parser("estimate", help="count the work a grid still needs (cache hits left out) and estimate its "
+                        "wall time here or on a cluster; runs nothing (see docs/estimate.md)")  # fmt: skip
+    es.add_argument("--codec", type=_csv, default=None, help="codec card names, as for run [jpeg,vvenc]")
+    es.add_argument("--task", type=_csv, default=None, help="task card names [synth_det]")
+    es.add_argument("--dataset", type=_csv, default=None, help="dataset card names [synth]")
+    es.add_argument("--quality", action="append", default=[], metavar="[CODEC=]Q1,Q2", help="as for run")
+    es.add_argument("--data-root", action="append", default=[], metavar="[DATASET=]DIR", help="as for run")
+    es.add_argument("--limit", type=int, default=None, help="use the first N items (sorted by id)")
+    es.add_argument("--set", dest="overrides", action="append", default=[], metavar="CARD.KEY=VALUE")
+    es.add_argument("--cards", action="append", default=[], metavar="DIR", help="extra card folder (repeatable)")
+    es.add_argument("--out", default="results", help="the output folder the run would use (its cache counts)")
+    es.add_argument("--costs", action="append", default=[], metavar="DIR",
+                    help="output folder(s) whose measured job times to use (repeatable) [--out]")
+    es.add_argument("--calibrate", type=int, default=None, metavar="N",
+                    help="first run the grid on N items, 1 worker, in a temporary store, and use its times (and its "
+                         "fixed time: process start, imports, resolving)")
+    es.add_argument("--nodes", type=int, default=1, help="nodes of the cluster [1: this machine]")
+    es.add_argument("--cpus", type=int, default=None, help="cores per node [this machine's]")
+    es.add_argument("--gpus", type=int, default=0, help="GPUs per node [0]")
+    es.add_argument("--gpu-speedup", type=float, default=10.0,
+                    help="how many times faster a GPU infers than the CPU times measured (an assumption) [10]")
+    es.add_argument("--workers", type=int, default=None, help="encode/decode slots in all [every core]")
+
     ls = sub.add_parser("ls", help="list codec, task and dataset cards with their settings (imports no models)")
     ls.add_argument("kind", nargs="?", choices=["codecs", "tasks", "datasets"], help="only this kind")
     ls.add_argument("--cards", action="append", default=[], metavar="DIR")
@@ -233,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="export a run's tables (RD points and per-image rows) to CSV or Parquet")
     source_args(e)
-    e.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    e.add_argument("--format", choices=["csv", "parquet", "ctc"], default="csv",
+                   help="ctc: the per-sequence tables of the MPEG CTC template, one per metric (docs/ctc.md) [csv]")
     e.add_argument("--dest", default=None, help="output folder [the run folder]")
 
     ts = sub.add_parser("train-synth", help="train the synth detector / instance-segmentation models (offline, seeded)")
@@ -392,26 +437,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _bd_setup(args: argparse.Namespace, df: Any, run_dir: Path | None) -> tuple[Any, frozenset[str], Any]:
     """(BD options, lower-is-better metrics, item sets) of a report or plot; prints a direction note."""
     from .report import direction_note, lower_is_better
+    from .report.external import ItemSetsWithImports, imported_codecs
     from .report.items import load_item_sets
 
     note = direction_note(df, args.lower_is_better)
     if note:
         print(f"note: {note}", file=sys.stderr)
-    return _bd_options(args), lower_is_better(df, args.lower_is_better), load_item_sets(df, run_dir)
+    items = ItemSetsWithImports.of(load_item_sets(df, run_dir), imported_codecs(df))
+    return _bd_options(args), lower_is_better(df, args.lower_is_better), items
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from .report import headline, load_results, resolve_run_dir, with_psnr_rows
+    from .report.external import imported_codecs, mark_imported, note_imported
     from .report.plot import plot_rd
     from .report.tables import bd_table
 
-    raw = load_results(args.source, args.run)
+    raw = _with_imports(args, load_results(args.source, args.run))
     run_dir = resolve_run_dir(args.source, args.run)
     opts, lower, items = _bd_setup(args, raw, run_dir)
     df = headline(with_psnr_rows(raw), args.metric)
     bd, anchor = bd_table(df, anchor=args.anchor, options=opts, lower=lower, items=items)
+    names = imported_codecs(raw)  # marked "(imported)" in the legends
+    bd, df = mark_imported(note_imported(bd, names), names), mark_imported(df, names)
     out = Path(args.out_dir) if args.out_dir else run_dir / "plots"
-    caption = f"vs {anchor}, {opts.method}, {opts.fit} points"
+    caption = f"vs {anchor}{' (imported)' if anchor in names else ''}, {opts.method}, {opts.fit} points"
     for f in plot_rd(df, out, logx=args.logx, bd=bd, caption=caption, lower=lower):
         print(f)
     return 0
@@ -432,17 +482,37 @@ def _bd_caption(anchor: str, opts: Any) -> str:
 def _report_tables(args: argparse.Namespace) -> tuple[Any, Any, Any, str, Any, Path]:
     """(points, groups, BD table, anchor, options, run folder) of ``vcmbench report``."""
     from .report import headline, load_results, resolve_run_dir, with_psnr_rows
+    from .report.external import imported_codecs, mark_imported, note_imported
     from .report.tables import bd_table, groups_table, mark_items, points_table
 
-    df = load_results(args.source, args.run)
+    df = _with_imports(args, load_results(args.source, args.run))
     run_dir = resolve_run_dir(args.source, args.run)
     opts, lower, items = _bd_setup(args, df, run_dir)
-    points = mark_items(points_table(headline(df, args.metric)), items)
+    names = imported_codecs(df)  # marked "(imported)" in the tables
+    points = mark_imported(mark_items(points_table(headline(df, args.metric)), items), names)
     heads = args.metric or sorted(set(df[df.headline.astype(str).str.lower().isin(["true", "1"])].metric))
-    groups = groups_table(df, heads)
+    groups = groups_table(mark_imported(df, names), heads)
     bd, anchor = bd_table(headline(with_psnr_rows(df), args.metric), anchor=args.anchor, options=opts,
                           lower=lower, items=items)  # fmt: skip
-    return points, groups, bd, anchor, opts, run_dir
+    bd = mark_imported(note_imported(bd, names), names)
+    return points, groups, bd, anchor + (" (imported)" if anchor in names else ""), opts, run_dir
+
+
+#: the heading of the per-class BD table of ``vcmbench report``
+CLASS_BD_TITLE = ("Per-class BD-rate (the CTC way: each class's kbps = its sequences' kbps weighted by duration, "
+                  "its accuracy scored on its frames pooled; overall = mean of the per-class BD-rates):")
+
+
+def _class_bd(args: argparse.Namespace) -> Any:
+    """The per-class BD table of ``vcmbench report`` (empty without class rows); see vcmbench/report/classes.py."""
+    from .report import load_results, resolve_run_dir
+    from .report.classes import class_bd_table
+
+    df = _with_imports(args, load_results(args.source, args.run))
+    opts, lower, items = _bd_setup(args, df, resolve_run_dir(args.source, args.run))
+    heads = args.metric or sorted(set(df[df.headline.astype(str).str.lower().isin(["true", "1"])].metric))
+    grouped = df[df.metric.astype(str).str.split("/", n=1).str[0].isin(heads)]
+    return class_bd_table(grouped, anchor=args.anchor, options=opts, lower=lower, items=items)
 
 
 def _report_run_dir(source: str, run: str | None, root: Path) -> Path:
@@ -476,6 +546,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report.tables import cost_note, format_table, markdown_table
     from .report.training import load_training_overlap, mark_training, training_messages
 
+    if args.html and args.imports:
+        from .errors import VcmbenchError
+
+        raise VcmbenchError("--import is not shown in the --html page yet; use it with the plain report or plot")
     if args.html:
         return cmd_report_html(args)
     if args.more:
@@ -494,6 +568,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(format_table(groups))
     print(f"\n{caption}")
     print(format_table(bd.drop(columns=["warnings"]), "{:.3f}"))
+    per_class = _class_bd(args)  # the CTC's per-class BD-rates and their overall (see docs/video.md)
+    if not per_class.empty:
+        print(f"\n{CLASS_BD_TITLE}")
+        print(format_table(per_class, "{:.3f}"))
     cost = cost_note(load_results(args.source, args.run))  # the times' machines, how MACs were counted
     for line in cost:
         print(f"\n{line}")
@@ -512,6 +590,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         f"{opts.fit} points)\n\n{caption}\n\n{markdown_table(bd.drop(columns=['warnings']), '{:.3f}')}\n"
         + "".join(f"\n{line}\n" for line in cost)
         + (f"\nWarnings:\n\n{listed}" if listed else "")
+        + (f"\n# {CLASS_BD_TITLE}\n\n{markdown_table(per_class, '{:.3f}')}\n" if not per_class.empty else "")
     )
     print(f"\nwritten: {run_dir / 'bd_rate.csv'}, {run_dir / 'report.md'}")
     return 0
@@ -563,6 +642,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         items = pd.DataFrame(store.per_item_rows(run_dir.name))
     finally:
         store.close()
+    if args.format == "ctc":
+        from .report.external import write_ctc_tables
+
+        for path in write_ctc_tables(tidy, dest):
+            print(path)
+        return 0
     for name, df in (("results", tidy), ("items", items)):
         path = dest / f"{name}.{args.format}"
         if args.format == "csv":
@@ -612,6 +697,40 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0 if len(written) == sum(v.image is not None for v in views) and written else 1
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .run import DEFAULT_RUN_OVERRIDES, RunConfig
+    from .run import estimate as est
+
+    cfg = RunConfig(qualities=_parse_qualities(args.quality), data_roots=_parse_roots(args.data_root), limit=args.limit,
+                    overrides=parse_overrides(args.overrides), cards_dirs=args.cards, out=args.out,
+                    workers=args.workers, progress=False)  # fmt: skip
+    if not (args.codec or args.task or args.dataset):  # the built-in default run, as `vcmbench run` plans it
+        for card, settings in DEFAULT_RUN_OVERRIDES.items():
+            for key, value in settings.items():
+                cfg.overrides.setdefault(card, {}).setdefault(key, value)
+    cfg.codecs, cfg.tasks, cfg.datasets = args.codec or cfg.codecs, args.task or cfg.tasks, args.dataset or cfg.datasets
+    sources = [Path(d) for d in (args.costs or [args.out])]
+    overheads, calibration = est.Overheads(), None
+    if args.calibrate:
+        grid = [*(f"--{k}={','.join(v)}" for k, v in (("codec", args.codec), ("task", args.task), ("dataset", args.dataset))
+                  if v), *(f"--{k}={v}" for k, vs in (("quality", args.quality), ("data-root", args.data_root),
+                                                      ("set", args.overrides), ("cards", args.cards)) for v in vs)]  # fmt: skip
+        calibration, startup = est.calibrate(grid, args.calibrate, print)
+        overheads = est.Overheads(startup_s=startup)
+    try:
+        work, _ = est.plan(cfg)
+        costs = est.measured_costs([*sources, *([calibration] if calibration else [])])
+    finally:
+        if calibration:
+            shutil.rmtree(calibration, ignore_errors=True)
+    names = [str(d) for d in sources] + ([f"a calibration run on {args.calibrate} item(s)"] if calibration else [])
+    machine = est.Machine(args.nodes, args.cpus or est.local_cores(), args.gpus, args.workers, args.gpu_speedup)
+    print(est.estimate_text(work, costs, machine, names, overheads))
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .reproduce.command import ReproduceOptions, reproduce
 
@@ -623,7 +742,7 @@ COMMANDS = {
     "run": cmd_run, "ls": cmd_ls, "validate": cmd_validate, "plot": cmd_plot, "report": cmd_report,
     "compare": cmd_compare, "export": cmd_export, "train-synth": cmd_train_synth,
     "masks": cmd_masks, "train": cmd_train, "inspect": cmd_inspect, "reproduce": cmd_reproduce,
-    "decode": cmd_decode,
+    "decode": cmd_decode, "estimate": cmd_estimate,
 }  # fmt: skip
 
 

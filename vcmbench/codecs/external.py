@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import CodecError
 from ..media.clip import Clip, clip_to_yuv_bytes, yuv_bytes_to_frames
-from ..media.yuv import YUVFormat, frame_bytes, padded_size, rgb_to_yuv_bytes, yuv_bytes_to_rgb
+from ..media.yuv import YUVFormat, YUVSource, frame_bytes, padded_size, rgb_to_yuv_bytes, yuv_bytes_to_rgb
 from .base import Bitstream, Codec, read_output, run_process
 
 
@@ -66,10 +66,13 @@ class YUVCodec(ExternalCodec):
 
     @abstractmethod
     def encode_command(self, src: Path, dst: Path, width: int, height: int, quality: Any,
-                       frames: int = 1, fps: float = 1.0) -> list[str]:  # fmt: skip
+                       frames: int = 1, fps: float = 1.0, input_bit_depth: int | None = None,
+                       skip_frames: int = 0) -> list[str]:  # fmt: skip
         """Command that encodes the padded YUV file ``src`` (``frames`` of ``width`` x ``height``) into ``dst``.
 
-        ``frames == 1`` is a still image (intra); more frames are a clip coded with ``video_config``.
+        ``frames == 1`` is a still image (intra); more frames are a clip coded with ``video_config``. The file's
+        samples have ``input_bit_depth`` bits (None: the codec's own ``bit_depth``; the encoder codes at its
+        own); the clip starts after its first ``skip_frames`` frames (YUV pass-through of a file range).
         """
 
     @abstractmethod
@@ -82,23 +85,57 @@ class YUVCodec(ExternalCodec):
         return {}
 
     def encode(self, image: np.ndarray | Clip, quality: Any) -> Bitstream:
+        """Encode an image or a clip. A clip read from a YUV file (``clip.source``) is encoded from that file's
+        original samples (YUV pass-through); any other input goes through the shared RGB -> YUV conversion."""
         q = self.validate_quality(quality)
         clip = image if isinstance(image, Clip) else None
+        source = self.passthrough_source(clip) if clip else None
         frames = clip.num_frames if clip else 1
         fps = float(clip.fps) if clip else 1.0
         h, w = (clip.height, clip.width) if clip else image.shape[:2]
         pw, ph = padded_size(w, h)
         with tempfile.TemporaryDirectory(prefix=f"vcmbench-{self.name}-") as tmp:
-            src = Path(tmp) / "in.yuv"
             dst = Path(tmp) / f"out{self.bitstream_suffix}"
-            src.write_bytes(clip_to_yuv_bytes(clip, self.fmt) if clip else rgb_to_yuv_bytes(image, self.fmt))
             what = f"{self.name} encode ({self.quality_name} {q}, {w}x{h}" + (
                 f", {frames} frames, {self.video_config})" if clip else ")")
-            cmd = self.encode_command(src, dst, pw, ph, q, frames=frames, fps=fps)
+            if source is not None:
+                cmd = self.encode_command(source.path, dst, pw, ph, q, frames=frames, fps=fps,
+                                          input_bit_depth=source.fmt.bit_depth, skip_frames=source.start)  # fmt: skip
+            else:
+                src = Path(tmp) / "in.yuv"
+                src.write_bytes(clip_to_yuv_bytes(clip, self.fmt) if clip else rgb_to_yuv_bytes(image, self.fmt))
+                cmd = self.encode_command(src, dst, pw, ph, q, frames=frames, fps=fps)
             res = run_process(cmd, what, cwd=Path(tmp), timeout=self.timeout)
             data = read_output(dst, what, res.stderr)
         meta = {"fps": fps, "video_config": self.video_config, **self.clip_meta(data)} if clip else {}
+        if source is not None:
+            meta["yuv_source"] = source.describe()
         return Bitstream(data, width=w, height=h, frames=frames, meta=meta)
+
+    def passthrough_source(self, clip: Clip) -> YUVSource | None:
+        """The YUV file range a clip is encoded from (None: it has none, code its RGB frames).
+
+        The file's samples are coded at the codec's ``bit_depth`` (e.g. 8-bit CTC sequences at 10 bits, as the
+        CTC configurations do: the encoder shifts them left), never at fewer bits than the file has.
+        """
+        src = clip.source
+        if src is None:
+            return None
+        if (src.frames, src.height, src.width) != (clip.num_frames, clip.height, clip.width):
+            raise CodecError(f"{self.name}: clip of {clip.num_frames} frames of {clip.width}x{clip.height} names a "
+                             f"YUV source of {src.frames} of {src.width}x{src.height} ({src.path})")  # fmt: skip
+        if src.fmt.bit_depth > self.fmt.bit_depth:
+            raise CodecError(f"{self.name}: {src.path} has {src.fmt.bit_depth}-bit samples, the codec codes "
+                             f"{self.fmt.bit_depth} bits; set `bit_depth: {src.fmt.bit_depth}` in its card")  # fmt: skip
+        return src
+
+    def decoded_format(self, bitstream: Bitstream) -> YUVFormat:
+        """How the decoded samples become RGB: the source's matrix and range for a YUV pass-through clip
+        (:meth:`~vcmbench.media.yuv.YUVSource.rgb_format`, at the decoder's bit depth), else the codec's own."""
+        src = bitstream.meta.get("yuv_source")
+        if not src:
+            return self.fmt
+        return YUVFormat(matrix=src["matrix"], full_range=bool(src["full_range"]), bit_depth=self.fmt.bit_depth)
 
     def decode(self, bitstream: Bitstream) -> np.ndarray | Clip:
         w, h, n = bitstream.width, bitstream.height, max(1, bitstream.frames)
@@ -116,7 +153,8 @@ class YUVCodec(ExternalCodec):
                 f"{self.name} decode: decoder wrote {len(data)} bytes, {n} {pw}x{ph} 4:2:0 "
                 f"{self.fmt.bit_depth}-bit picture(s) need {n * expected}"
             )
+        fmt = self.decoded_format(bitstream)
         if bitstream.frames > 1 or "fps" in bitstream.meta:
             fps = float(bitstream.meta.get("fps", 1.0))
-            return Clip(yuv_bytes_to_frames(data, w, h, n, self.fmt), fps)
-        return yuv_bytes_to_rgb(data[:expected], w, h, self.fmt)
+            return Clip(yuv_bytes_to_frames(data, w, h, n, fmt), fps)
+        return yuv_bytes_to_rgb(data[:expected], w, h, fmt)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import BinaryNotFoundError, CodecError
+from ..media.yuv import YUVFormat, frame_bytes
 from ..registry import register
 from .base import run_process, stderr_tail
 from .external import YUVCodec
@@ -200,11 +201,19 @@ class FFmpegCodec(YUVCodec):
     def clip_meta(self, data: bytes) -> dict[str, Any]:
         return slice_qp_meta(data, self.bitstream_format, self.ffmpeg)
 
-    def _input_args(self, src: Path, width: int, height: int, frames: int = 1, fps: float = 1.0) -> list[str]:
+    def _input_args(self, src: Path, width: int, height: int, frames: int = 1, fps: float = 1.0,
+                    input_bit_depth: int | None = None, skip_frames: int = 0) -> list[str]:  # fmt: skip
+        """Read ``frames`` frames of the raw 4:2:0 file ``src`` after its first ``skip_frames`` and hand them to the
+        encoder as ``self.fmt.ffmpeg_pix_fmt`` (the codec's bit depth: 10 by default, the only input libvvenc
+        takes). An 8-bit file (``input_bit_depth`` 8, YUV pass-through) is read as ``yuv420p`` and converted by
+        ffmpeg's swscale, which shifts each sample left by the difference of bit depths (checked sample for
+        sample), as VTM's ``InputBitDepth=8 InternalBitDepth=10`` does."""
+        in_fmt = YUVFormat(bit_depth=input_bit_depth) if input_bit_depth else self.fmt
+        skip = ["-skip_initial_bytes", str(skip_frames * frame_bytes(width, height, in_fmt))] if skip_frames else []
         return [
             self.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-            "-f", "rawvideo", "-pix_fmt", self.fmt.ffmpeg_pix_fmt, "-s", f"{width}x{height}", "-r", f"{fps:g}",
-            "-i", str(src), "-frames:v", str(frames), "-threads", str(self.threads),
+            "-f", "rawvideo", "-pix_fmt", in_fmt.ffmpeg_pix_fmt, "-s", f"{width}x{height}", "-r", f"{fps:g}", *skip,
+            "-i", str(src), "-frames:v", str(frames), "-threads", str(self.threads), "-pix_fmt", self.fmt.ffmpeg_pix_fmt,
         ]  # fmt: skip
 
     def decode_command(self, src: Path, dst: Path, width: int, height: int) -> list[str]:
@@ -223,8 +232,8 @@ class VVenCCodec(FFmpegCodec):
     """
 
     #: 2: IntraQPOffset=0 for images and all-intra clips (they were coded at QP - 3), -1 for LD (was -3),
-    #: BIM=0 for clips
-    command_revision = 2
+    #: BIM=0 for clips; 3: clips of YUV files code the file's original samples (YUV pass-through)
+    command_revision = 3
 
     quality_range = (0, 63)
     quality_name = "QP"
@@ -259,10 +268,11 @@ class VVenCCodec(FFmpegCodec):
                 f"IntraQPOffset={CTC_INTRA_QP_OFFSET['ra']}:BIM=0")  # fmt: skip
 
     def encode_command(self, src: Path, dst: Path, width: int, height: int, quality: Any,
-                       frames: int = 1, fps: float = 1.0) -> list[str]:  # fmt: skip
+                       frames: int = 1, fps: float = 1.0, input_bit_depth: int | None = None,
+                       skip_frames: int = 0) -> list[str]:  # fmt: skip
         params = self.vvenc_params(frames, fps)
         return [
-            *self._input_args(src, width, height, frames, fps),
+            *self._input_args(src, width, height, frames, fps, input_bit_depth, skip_frames),
             "-c:v", "libvvenc", "-preset", self.preset, "-qp", str(quality), "-qpa", str(int(self.qpa)),
             "-period", "1", "-vvenc-params", params, "-f", "vvc", str(dst),
         ]  # fmt: skip
@@ -277,8 +287,9 @@ class X265Codec(FFmpegCodec):
     (its PPS has ``cu_qp_delta_enabled_flag`` 0): every CU is coded at the slice QP.
     """
 
-    #: 2: ipratio=1 for images and all-intra clips (they were coded at QP - 3), 1.12 for LD (was QP - 3)
-    command_revision = 2
+    #: 2: ipratio=1 for images and all-intra clips (they were coded at QP - 3), 1.12 for LD (was QP - 3);
+    #: 3: clips of YUV files code the file's original samples (YUV pass-through)
+    command_revision = 3
 
     quality_range = (0, 51)
     quality_name = "QP"
@@ -302,10 +313,11 @@ class X265Codec(FFmpegCodec):
         return f"keyint={ip}:min-keyint={ip}:scenecut=0"
 
     def encode_command(self, src: Path, dst: Path, width: int, height: int, quality: Any,
-                       frames: int = 1, fps: float = 1.0) -> list[str]:  # fmt: skip
+                       frames: int = 1, fps: float = 1.0, input_bit_depth: int | None = None,
+                       skip_frames: int = 0) -> list[str]:  # fmt: skip
         params = (f"qp={quality}:{self.gop_params(frames, fps)}:info=0:pools={self.threads}:frame-threads=1:"
                   "log-level=error")  # fmt: skip
         return [
-            *self._input_args(src, width, height, frames, fps),
+            *self._input_args(src, width, height, frames, fps, input_bit_depth, skip_frames),
             "-c:v", "libx265", "-preset", self.preset, "-x265-params", params, "-f", "hevc", str(dst),
         ]  # fmt: skip

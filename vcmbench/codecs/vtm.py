@@ -55,6 +55,9 @@ class VTMCodec(YUVCodec):
     location_settings = ("vtm_dir", "encoder", "decoder", "cfg")
     #: GOP size of VTM's random-access configuration
     ra_gop_size = 32
+    #: revision of the command lines vcmbench writes (part of :meth:`version`); 2: clips of YUV files code the
+    #: file's original samples (YUV pass-through)
+    command_revision = 2
 
     def __init__(
         self,
@@ -140,7 +143,8 @@ class VTMCodec(YUVCodec):
 
     def version(self) -> str:
         """The exact encoder, decoder and cfg files (hashes): a rebuilt VTM is a new codec version."""
-        v = f"vtm enc={file_sha256(self.encoder)[:16]} dec={file_sha256(self.decoder)[:16]} cfg={file_sha256(self.cfg)[:16]}"
+        v = (f"vtm enc={file_sha256(self.encoder)[:16]} dec={file_sha256(self.decoder)[:16]} "
+             f"cfg={file_sha256(self.cfg)[:16]} commands r{self.command_revision}")  # fmt: skip
         try:  # clips use the cfg of their structure: it is part of the version where it exists
             v += f" {self.video_config}={file_sha256(self.video_cfg())[:16]}"
         except BinaryNotFoundError:
@@ -149,8 +153,14 @@ class VTMCodec(YUVCodec):
 
     # ---- command lines -------------------------------------------------------------------------
     def encode_command(self, src: Path, dst: Path, width: int, height: int, quality: Any,
-                       frames: int = 1, fps: float = 1.0) -> list[str]:  # fmt: skip
+                       frames: int = 1, fps: float = 1.0, input_bit_depth: int | None = None,
+                       skip_frames: int = 0) -> list[str]:  # fmt: skip
+        """EncoderApp's command. A YUV pass-through clip reads the original file from frame ``skip_frames``
+        (``--FrameSkip``) at its own bit depth (``--InputBitDepth=8``) and codes it at the codec's
+        (``--InternalBitDepth=10``, the CTC's for 8-bit sequences)."""
         bd = self.fmt.bit_depth
+        in_bd = input_bit_depth or bd
+        skip = [f"--FrameSkip={skip_frames}"] if skip_frames else []
         if frames <= 1:
             cfg, structure = self.cfg, []
         else:  # the intra cfg codes only every 8th frame of a sequence (TemporalSubsampleRatio 8): code all
@@ -159,8 +169,8 @@ class VTMCodec(YUVCodec):
                          "ra": [f"--IntraPeriod={self.intra_period(fps)}"]}[self.video_config]  # fmt: skip
         return [
             str(self.encoder), "-c", str(cfg), "-i", str(src), "-wdt", str(width), "-hgt", str(height),
-            "-fr", str(max(1, round(fps))), "-f", str(frames), f"--InputBitDepth={bd}", f"--OutputBitDepth={bd}",
-            f"--InternalBitDepth={bd}", "--InputChromaFormat=420", "--ConformanceWindowMode=1",
+            "-fr", str(max(1, round(fps))), "-f", str(frames), *skip, f"--InputBitDepth={in_bd}",
+            f"--OutputBitDepth={bd}", f"--InternalBitDepth={bd}", "--InputChromaFormat=420", "--ConformanceWindowMode=1",
             "-q", str(quality), "-b", str(dst), "-o", "", *structure, *self.extra_args,
         ]  # fmt: skip
 

@@ -17,6 +17,10 @@ Each sequence is one clip item (``--ids BQMall``); ``classes`` selects classes (
 ``start_frame`` / ``num_frames`` (or ``frame_ranges`` per sequence) a range of frames. Metrics are
 reported for all selected frames and, as ``<metric>/<sequence>`` and ``<metric>/Class<X>``, per
 sequence and per class, as in the SA-NeRV paper's table.
+
+A clip's RGB frames (what the tasks see uncompressed) are converted with BT.601, limited range by default,
+the conversion of MPEG's SFU-HW evaluation (:data:`~vcmbench.media.yuv.CTC_RGB`); YUV codecs code the file's
+original samples instead (the clip's ``source``: YUV pass-through, ``docs/video.md``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any, ClassVar
 from ..errors import DatasetLayoutError, ItemError
 from ..media.clip import Clip, read_yuv_clip
 from ..media.hashing import stable_hash
-from ..media.yuv import YUVFormat, frame_bytes
+from ..media.yuv import YUVFormat, YUVSource, frame_bytes
 from ..registry import register
 from .base import Item
 from .video import Box, VideoDataset
@@ -208,13 +212,18 @@ class SfuHwDataset(VideoDataset):
 
     # ---- pixels and labels -----------------------------------------------------------------------
     def load_image(self, item: Item) -> Clip:
+        """The clip's frames as RGB (the ``matrix`` and range of the card: BT.601 limited range by default, the
+        conversion of MPEG's SFU-HW evaluation), with its YUV file range as ``source``: YUV codecs encode the
+        original samples of that range (``docs/video.md``, YUV pass-through)."""
         m = item.meta
+        fmt = self._fmt(m["bit_depth"])
         try:
-            frames = read_yuv_clip(item.path, m["width"], m["height"], self._fmt(m["bit_depth"]), m["start"], m["frames"])
+            frames = read_yuv_clip(item.path, m["width"], m["height"], fmt, m["start"], m["frames"])
         except (OSError, ValueError) as exc:
             raise ItemError(f"clip {item.id}: cannot read {item.path} ({exc}); restore the file from the CTC "
                             f"sequences or leave it out with --exclude {item.id}") from None  # fmt: skip
-        return Clip(frames, float(m["fps"]))
+        source = YUVSource(Path(item.path), int(m["width"]), int(m["height"]), fmt, int(m["start"]), int(m["frames"]))
+        return Clip(frames, float(m["fps"]), source=source)
 
     def categories(self) -> list[dict[str, Any]]:
         return [{"id": cid, "name": name} for cid, name in self._label_table().values()]

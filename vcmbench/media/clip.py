@@ -18,15 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .yuv import YUVFormat, bytes_to_planes, frame_bytes, rgb_to_yuv_bytes, yuv420_to_rgb
+from .yuv import YUVFormat, YUVSource, bytes_to_planes, frame_bytes, rgb_to_yuv_bytes, yuv420_to_rgb
 
 
 @dataclass(eq=False)
 class Clip:
-    """A video clip: ``frames`` is T x H x W x 3 uint8 RGB, ``fps`` its frame rate."""
+    """A video clip: ``frames`` is T x H x W x 3 uint8 RGB, ``fps`` its frame rate.
+
+    ``source`` names the YUV file range the frames were converted from, where the dataset ships YUV
+    (SFU-HW): YUV codecs encode those original samples instead of the RGB frames (YUV pass-through).
+    """
 
     frames: np.ndarray
     fps: float
+    source: YUVSource | None = None
 
     def __post_init__(self) -> None:
         f = np.asarray(self.frames)

@@ -8,11 +8,17 @@ decode at 10 bits, convert back with the same matrix and range, crop the padding
 It is implemented in NumPy rather than by another ffmpeg call so that it is
 exact, fast and identical for every codec. Chroma is down-sampled by 2x2 box
 averaging (centre-sited chroma) and up-sampled bilinearly.
+
+Clips read from YUV files skip the RGB -> YUV half: a :class:`YUVSource` names the file range, which the
+YUV codecs encode unchanged, and only the decoded samples are converted to RGB, with the source's matrix
+and range (:data:`CTC_RGB` for SFU-HW).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -42,6 +48,45 @@ class YUVFormat:
     @property
     def bytes_per_sample(self) -> int:
         return 1 if self.bit_depth == 8 else 2
+
+
+@dataclass(frozen=True)
+class YUVSource:
+    """Where a clip's frames come from when its dataset ships planar 4:2:0 YUV files (SFU-HW's CTC sequences).
+
+    ``fmt`` describes the file: its bit depth, and the matrix and range that turn its samples into the
+    task's RGB (BT.601 limited range for the CTC sequences, as CompressAI-Vision's SFU-HW evaluation
+    converts them: :data:`CTC_RGB`). Frames ``start`` .. ``start + frames - 1`` of ``width`` x ``height`` are
+    the clip. A YUV codec encodes those bytes unchanged (YUV pass-through); it never sees the RGB frames.
+    """
+
+    path: Path
+    width: int
+    height: int
+    fmt: YUVFormat
+    start: int
+    frames: int
+
+    @property
+    def offset(self) -> int:
+        """Byte offset of the first frame of the clip in the file."""
+        return self.start * frame_bytes(self.width, self.height, self.fmt)
+
+    def rgb_format(self, bit_depth: int) -> YUVFormat:
+        """The conversion of this source's samples to RGB, at ``bit_depth`` (a decoder's output depth)."""
+        return YUVFormat(matrix=self.fmt.matrix, full_range=self.fmt.full_range, bit_depth=bit_depth)
+
+    def describe(self) -> dict[str, Any]:
+        """What a bitstream's meta records of its source, so that its decoder converts to RGB the same way."""
+        return {"bit_depth": self.fmt.bit_depth, "matrix": self.fmt.matrix, "full_range": self.fmt.full_range}
+
+
+#: the conversion MPEG's evaluation of SFU-HW uses from YUV to the task's RGB: ffmpeg's default for untagged
+#: planar 4:2:0 (BT.601 matrix, limited range). CompressAI-Vision makes the uncompressed frames with
+#: ``ffmpeg -pix_fmt yuv420p -i seq.yuv ... frame.png`` (data/mpeg-fcm/SFUHW/prepare_sfu_data.py) and, in
+#: VCM mode, the decoded ones with ``ffmpeg -pix_fmt yuv420p10le -i dec.yuv -pix_fmt rgb24`` with no
+#: ``-src_range`` (codecs/encdec_utils/png_yuv.py, YuvFileToPngFilesConverter)
+CTC_RGB = YUVFormat(matrix="bt601", full_range=False, bit_depth=8)
 
 
 def padded_size(width: int, height: int) -> tuple[int, int]:

@@ -56,7 +56,10 @@ def with_psnr_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Add PSNR as one more 'metric' per RD point (so BD-rate on PSNR comes for free)."""
     if "psnr" not in df.columns:
         return df
-    pts = df[(df.codec != REFERENCE) & df.psnr.notna()].drop_duplicates(["dataset", "task", "codec", "quality"])
+    keys = ["dataset", "task", "codec", "quality"]
+    have = set(df[df.metric == "psnr"].set_index(keys).index)  # points with a psnr row already (imported)
+    pts = df[(df.codec != REFERENCE) & df.psnr.notna()].drop_duplicates(keys)
+    pts = pts[[k not in have for k in pts.set_index(keys).index]]
     if pts.empty:
         return df
     extra = pts.assign(metric="psnr", value=pts.psnr)

@@ -225,6 +225,7 @@ def points_table(df: pd.DataFrame) -> pd.DataFrame:
     units = df.drop_duplicates(idx)
     rate = units.set_index(idx)[cols]
     cost = unit_costs(units).set_index(units.set_index(idx).index)
+    wide = wide.drop(columns=[c for c in cols if c in wide.columns])  # a metric named like a column (imported psnr)
     return rate.join(wide).join(cost).reset_index()
 
 
