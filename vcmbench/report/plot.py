@@ -40,7 +40,7 @@ def _ylabel(metric: str, lower: frozenset[str]) -> str:
     return label + (" (lower is better)" if metric.split("/", 1)[0] in lower else "")
 
 
-def scorer_of(ref: pd.DataFrame) -> str | None:
+def reference_scorer(ref: pd.DataFrame) -> str | None:
     """The model that scored the uncompressed point (the plain task's), or None when not recorded."""
     if ref.empty or "scored_by" not in ref.columns or pd.isna(ref.scored_by.iloc[0]):
         return None
@@ -83,7 +83,7 @@ def rd_figures(
         labels = _bd_labels(bd, str(ds), str(task), str(metric))
         coded = g[(g.codec != REFERENCE) & g[x].notna()]
         ref = g[g.codec == REFERENCE]
-        plain = scorer_of(ref)
+        plain = reference_scorer(ref)
         for codec, c in coded.groupby("codec", sort=False):
             c = c.sort_values(x)
             label = labels.get(str(codec), str(codec))

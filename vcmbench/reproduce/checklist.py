@@ -11,6 +11,7 @@ from typing import Any
 
 from ..adapters import build
 from ..cards import Card, CardSet
+from ..run.resolve import prepare_codec, prepare_task
 from ..run.runner import exported
 from ..weights import WeightsNotDownloaded
 
@@ -56,14 +57,14 @@ def prepared_card(cards: CardSet, kind: str, name: str, overrides: Mapping[str, 
 def probe_one(card: Card, limit: int | None = None) -> int | None:
     """Build and resolve one card as a run does before any work (raises what the run would raise); for a
     dataset, its item count."""
-    obj = build(card)
-    if card.kind == "dataset":
-        obj.check()
-        return len(obj.items(limit=limit))
     if card.kind == "codec":
-        for q in card.qualities:
-            obj.validate_quality(q)
-    obj.identity()  # binaries, checkpoints, weights: what a run resolves before any work
+        prepare_codec(card, list(card.qualities))
+    elif card.kind == "task":
+        prepare_task(card)
+    else:
+        ds = build(card)
+        ds.check()
+        return len(ds.items(limit=limit))
     return None
 
 

@@ -13,7 +13,7 @@ from ..run.runner import exported
 from .checklist import Missing, probe
 from .execute import run_item, write_outputs
 from .experiment import load_resources, load_suite
-from .workplan import ItemPlan, needs, plan_item
+from .workplan import ItemPlan, card_overrides, needs, plan_item
 
 
 @dataclass
@@ -37,10 +37,8 @@ def plans(opts: ReproduceOptions) -> list[ItemPlan]:
     wanted = set().union(*(needs(e, opts.stand_ins) for e in experiments))
     overrides: dict[str, dict] = {}
     for e in experiments:
-        for name, settings in e.overrides.items():
+        for name, settings in card_overrides(e).items():
             overrides.setdefault(name, {}).update(settings)
-        for ds in e.datasets if e.classes else ():
-            overrides.setdefault(ds, {})["classes"] = list(e.classes)
     avail = probe(cards, wanted, overrides, opts.data_roots, load_resources(opts.suite), opts.limit)
     return [plan_item(e, avail, cards, opts.stand_ins, downloads=not opts.offline) for e in experiments]
 

@@ -35,7 +35,7 @@ def run_item(plan: ItemPlan, out: Path, data_roots: dict[str, str], limit: int |
 
 def labelled(df: pd.DataFrame, plan: ItemPlan) -> pd.DataFrame:
     """Stand-in codecs and tasks renamed ``<card> (for <paper card>)`` for tables and figures."""
-    names = {s: f"{s} (for {orig})" for s, orig in plan.stand_ins.items()}
+    names = {s: plan.shown(s) for s in plan.stand_ins}
     return df.assign(codec=df.codec.replace(names), task=df.task.replace(names))
 
 
@@ -49,14 +49,10 @@ def published_rows(df: pd.DataFrame, plan: ItemPlan) -> pd.DataFrame:
         for metric, value in pub.values.items():
             curve = df[(df.codec == codec) & (df.metric == metric)].sort_values("bpp")
             for where, measured in _measured(curve, pub):
-                rows.append({"published": pub.label, "codec": _shown(codec, plan), "metric": metric,
+                rows.append({"published": pub.label, "codec": plan.shown(codec), "metric": metric,
                              "paper_bpp": pub.bpp, "paper_value": value, "measured_at": where,
                              "measured_value": measured, "source": pub.source})  # fmt: skip
     return pd.DataFrame(rows)
-
-
-def _shown(codec: str, plan: ItemPlan) -> str:
-    return f"{codec} (for {plan.stand_ins[codec]})" if codec in plan.stand_ins else codec
 
 
 def _measured(curve: pd.DataFrame, pub: Published) -> list[tuple[str, float]]:

@@ -47,13 +47,13 @@ class ItemPlan:
     def overrides(self) -> dict[str, dict[str, Any]]:
         """Card overrides of the run: the experiment's for the cards that run (moved to a stand-in's name; a
         stand-in's own settings under its name), and grid classes."""
-        exp = self.experiment
         running = {*self.datasets, *self.tasks, *self.codecs}
-        out = {self.stand_in_for(k): dict(v) for k, v in exp.overrides.items() if self.stand_in_for(k) in running}
-        if exp.classes:
-            for ds in self.datasets:
-                out.setdefault(ds, {})["classes"] = list(exp.classes)
-        return out
+        return {self.stand_in_for(k): v for k, v in card_overrides(self.experiment).items()
+                if self.stand_in_for(k) in running}  # fmt: skip
+
+    def shown(self, name: str) -> str:
+        """A card's name in tables and figures: ``<card> (for <paper card>)`` for a stand-in."""
+        return f"{name} (for {self.stand_ins[name]})" if name in self.stand_ins else name
 
     def task_weights(self) -> dict[str, dict[str, dict[str, str]]]:
         """Codec-paired scoring of the run, for the codecs and tasks that run under their own names."""
@@ -63,6 +63,15 @@ class ItemPlan:
 
     def qualities(self) -> dict[str, list[Any]]:
         return {self.stand_in_for(k): v for k, v in self.experiment.qualities.items() if self.stand_in_for(k) in self.codecs}
+
+
+def card_overrides(exp: Experiment) -> dict[str, dict[str, Any]]:
+    """The card settings an experiment sets, by card name: its ``grid.overrides`` and, for its datasets, the
+    grid's sequence ``classes``."""
+    out = {k: dict(v) for k, v in exp.overrides.items()}
+    for ds in exp.datasets if exp.classes else ():
+        out.setdefault(ds, {})["classes"] = list(exp.classes)
+    return out
 
 
 def needs(exp: Experiment, stand_ins: bool) -> set[tuple[str, str]]:

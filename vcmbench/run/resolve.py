@@ -174,23 +174,16 @@ def check_classes(name: str, task: Task, ds_name: str, ds: Dataset) -> None:
 def resolve(cfg: RunConfig, file_sha256: Callable[[Path], str]) -> ResolvedRun:
     """Cards, adapters and items of the run; ``file_sha256`` hashes item files (the store's cached hash)."""
     coco_eval = coco_eval_backend(cfg)  # checks $VCMBENCH_COCO_EVAL too, before any work
-    chosen = select_cards(cfg, CardSet([Path(d) for d in cfg.cards_dirs]))
+    cards = CardSet([Path(d) for d in cfg.cards_dirs])
+    chosen = select_cards(cfg, cards)
     datasets = {name: _select_items(cfg, build(chosen[name]), file_sha256) for name in cfg.datasets}
     codecs = {}
     for name in cfg.codecs:
-        codec: Codec = build(chosen[name])
         ladder = cfg.qualities.get(name, cfg.qualities.get("*", list(chosen[name].qualities)))
-        codecs[name] = CodecLadder(codec, [codec.validate_quality(q) for q in ladder])
-        codec.identity()  # probes binaries now: a missing encoder is an error before any work
-    tasks = {}
-    for name in cfg.tasks:
-        task: Task = build(chosen[name])
-        if cfg.batch_size:
-            task.batch_size = cfg.batch_size
-        task.identity()  # resolves weights now: a missing file is an error before any work
-        tasks[name] = task
+        codecs[name] = prepare_codec(chosen[name], ladder)
+    tasks = {name: prepare_task(chosen[name], cfg.batch_size) for name in cfg.tasks}
     pairing = pair_scorers(cfg, chosen, {name: ladder.qualities for name, ladder in codecs.items()})
-    scorers = build_scorers(cfg, chosen, pairing)
+    scorers = build_scorers(cfg, cards, chosen, pairing)
     check_pairs(codecs, {**tasks, **scorers}, datasets)
     scoring = background_mode(cfg.background_scoring, cfg.executor, cfg.address, cuda_available)
     return ResolvedRun(codecs, tasks, datasets, chosen, scoring, coco_eval, scorers, pairing)
@@ -220,10 +213,29 @@ def pair_scorers(cfg: RunConfig, chosen: Mapping[str, Card],
     return pairing
 
 
-def build_scorers(cfg: RunConfig, chosen: dict[str, Card], pairing: Mapping[tuple[str, str, str], str]) -> dict[str, Task]:
+def prepare_codec(card: Card, ladder: list[Any]) -> CodecLadder:
+    """A run's codec: built, its ladder checked, and its identity taken, which probes binaries and
+    checkpoints now, so a missing encoder or file is an error before any work."""
+    codec: Codec = build(card)
+    qualities = [codec.validate_quality(q) for q in ladder]
+    codec.identity()
+    return CodecLadder(codec, qualities)
+
+
+def prepare_task(card: Card, batch_size: int | None = None) -> Task:
+    """A run's task (or paired scorer): built, with the run's batch size, and its identity taken, which
+    resolves its weights now, so a missing file is an error before any work."""
+    task: Task = build(card)
+    if batch_size:
+        task.batch_size = batch_size
+    task.identity()
+    return task
+
+
+def build_scorers(cfg: RunConfig, cards: CardSet, chosen: dict[str, Card],
+                  pairing: Mapping[tuple[str, str, str], str]) -> dict[str, Task]:  # fmt: skip
     """The paired scorer tasks, built once each; each must use the adapter of the task it stands in for, and
     its card joins ``chosen`` (the executor builds models from cards)."""
-    cards = CardSet([Path(d) for d in cfg.cards_dirs])
     scorers: dict[str, Task] = {}
     for (codec, _, task), name in sorted(pairing.items()):
         if name in scorers:
@@ -236,11 +248,7 @@ def build_scorers(cfg: RunConfig, chosen: dict[str, Card], pairing: Mapping[tupl
             raise CardError(f"task card {name} (a scorer of codec {codec}) has the name of a {chosen[name].kind} "
                             "of the run; rename one of them")  # fmt: skip
         chosen.setdefault(name, card)
-        scorer: Task = build(chosen[name])
-        if cfg.batch_size:
-            scorer.batch_size = cfg.batch_size
-        scorer.identity()  # resolves weights now: a missing file is an error before any work
-        scorers[name] = scorer
+        scorers[name] = prepare_task(chosen[name], cfg.batch_size)
     return scorers
 
 
