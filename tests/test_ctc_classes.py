@@ -4,6 +4,7 @@ class's own curve, overall = the mean of the per-class BD-rates."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +158,76 @@ def test_report_shows_per_class_rows_and_bd_on_synth_clips(tmp_path: Path, capsy
     overall = next(ln for ln in section.splitlines() if "overall (mean of 1 classes)" in ln)
     assert "-10.000" in overall
     assert "ClassS" in (report.run_dir / "report.md").read_text().split("Per-class BD-rate")[1]
+
+
+def sfu_layout_from_synth_clips(root: Path) -> dict[str, list[str]]:
+    """An SFU-HW-Objects-v1 folder with two classes, made of the synth clips (which the synth detector was
+    trained to see): ClassC holds Synth00 and Synth01, ClassD Synth02 and Synth03, each sequence's YUV file and
+    per-frame label files linked under the official names."""
+    from vcmbench.datasets.synth import SynthDataset
+
+    synth = SynthDataset(root / "cache", "val", clips={"train": 2, "val": 4})
+    synth.ensure()
+    src = synth.sfu_hw_root / "ClassS"
+    layout = {"C": ["Synth00", "Synth01"], "D": ["Synth02", "Synth03"]}
+    for cls, names in layout.items():
+        dst = root / "sfu" / f"Class{cls}"
+        (dst / "Annotations").mkdir(parents=True)
+        for name in names:
+            (dst / next(src.glob(f"{name}_*.yuv")).name).symlink_to(next(src.glob(f"{name}_*.yuv")))
+            (dst / "Annotations" / name).symlink_to(src / "Annotations" / name, target_is_directory=True)
+    return layout
+
+
+def test_per_class_table_and_bd_rates_on_an_sfu_hw_layout_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`vcmbench run --dataset sfu_hw` on a two-class SFU-HW-layout folder, x265 against VVenC: each class's row
+    is scored on its own frames, and the report's per-class BD-rates equal bd_rate on each class's own curve
+    (its kbps, its pooled mAP50), their overall row the mean of the two."""
+    from vcmbench.cli import main
+    from vcmbench.datasets.synth import THINGS
+    from vcmbench.run import RunConfig, run
+
+    layout = sfu_layout_from_synth_clips(tmp_path)
+    labels = [{"index": t.id - 1, "id": t.id, "name": t.name} for t in THINGS]
+    ladders = {"x265": [28, 34, 40, 46], "vvenc": [28, 34, 40, 46]}
+    cfg = RunConfig(codecs=["x265", "vvenc"], tasks=["synth_det"], datasets=["sfu_hw"], qualities=ladders,
+                    out=str(tmp_path / "o"), progress=False,
+                    overrides={"x265": {"video_config": "ld", "preset": "ultrafast"},
+                               "vvenc": {"video_config": "ld", "preset": "faster"},
+                               "sfu_hw": {"root": str(tmp_path / "sfu"), "num_frames": 8, "label_map": labels}})  # fmt: skip
+    report = run(cfg)
+    assert report.ok, report.failures
+    table = pd.read_csv(report.run_dir / "results.csv")
+    rows = class_rows(table[table.metric.str.startswith("map50/")])
+    assert sorted(set(rows["class"])) == ["ClassC", "ClassD"]
+    # a class's kbps is the CTC's: its sequences' kbps weighted by their durations (equal here: 8 frames each)
+    seq = table[table.metric.isin([f"map50/{n}" for names in layout.values() for n in names])]
+    for (codec, q), pts in rows.groupby(["codec", "quality"]):
+        for cls, names in layout.items():
+            mine = seq[(seq.codec == codec) & (seq.quality == q) & seq.metric.isin([f"map50/{n}" for n in names])]
+            got = pts[pts["class"] == f"Class{cls}"].kbps.iloc[0]
+            assert got == pytest.approx(ctc_class_kbps(mine.kbps, [8 / 30.0] * len(mine)), rel=1e-9)
+    capsys.readouterr()
+    assert main(["report", str(report.run_dir), "--anchor", "vvenc"]) == 0
+    out = capsys.readouterr().out
+    section = out.split("Per-class BD-rate")[1]
+    table_bd = class_bd_table(table[table.metric.str.startswith("map50")], anchor="vvenc")
+    per_class = table_bd[table_bd["class"].str.startswith("Class") & (table_bd.codec == "x265")].set_index("class")
+    assert sorted(per_class.index) == ["ClassC", "ClassD"]
+    for cls in ("ClassC", "ClassD"):
+        line = next(ln for ln in section.splitlines() if {"map50", cls, "x265"} <= set(ln.split()))
+        a = rows[(rows.codec == "vvenc") & (rows["class"] == cls)].sort_values("kbps")
+        t = rows[(rows.codec == "x265") & (rows["class"] == cls)].sort_values("kbps")
+        direct = bd_rate(a.kbps.to_numpy(), a.value.to_numpy(), t.kbps.to_numpy(), t.value.to_numpy(), method="pchip")
+        got = per_class.loc[cls, "bd_rate"]
+        if np.isfinite(got):  # a class's own curve, not the sequences' or the dataset's
+            assert got == pytest.approx(direct, rel=1e-9) and f"{got:.3f}" in line
+        else:  # refused where the two curves share too little accuracy range, and the line says why
+            assert "overlap" in per_class.loc[cls, "bd_rate_note"] and "overlap" in line
+    assert np.isfinite(per_class.bd_rate).any(), per_class
+    overall = table_bd[table_bd["class"].str.startswith("overall") & (table_bd.codec == "x265")]
+    if np.isfinite(per_class.bd_rate).all():  # the mean of every class, or none where one is missing
+        assert overall.bd_rate.iloc[0] == pytest.approx(per_class.bd_rate.mean(), rel=1e-12)
+    else:
+        assert np.isnan(overall.bd_rate.iloc[0])
+    print(section, file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import CodecError
-from ..media.clip import Clip, clip_to_yuv_bytes, yuv_bytes_to_frames
+from ..media.clip import Clip, YUVFrames, write_clip_yuv
 from ..media.yuv import YUVFormat, YUVSource, frame_bytes, padded_size, rgb_to_yuv_bytes, yuv_bytes_to_rgb
 from .base import Bitstream, Codec, read_output, run_process
 
@@ -103,7 +103,8 @@ class YUVCodec(ExternalCodec):
                                           input_bit_depth=source.fmt.bit_depth, skip_frames=source.start)  # fmt: skip
             else:
                 src = Path(tmp) / "in.yuv"
-                src.write_bytes(clip_to_yuv_bytes(clip, self.fmt) if clip else rgb_to_yuv_bytes(image, self.fmt))
+                with open(src, "wb") as f:  # a clip a segment at a time (its bytes are never joined in memory)
+                    write_clip_yuv(clip, f, self.fmt) if clip else f.write(rgb_to_yuv_bytes(image, self.fmt))
                 cmd = self.encode_command(src, dst, pw, ph, q, frames=frames, fps=fps)
             res = run_process(cmd, what, cwd=Path(tmp), timeout=self.timeout)
             data = read_output(dst, what, res.stderr)
@@ -138,23 +139,43 @@ class YUVCodec(ExternalCodec):
         return YUVFormat(matrix=src["matrix"], full_range=bool(src["full_range"]), bit_depth=self.fmt.bit_depth)
 
     def decode(self, bitstream: Bitstream) -> np.ndarray | Clip:
+        """Decode an image, or a clip: a clip's decoded YUV file stays in a temporary folder, read (and converted
+        to RGB) on demand, a segment at a time (:class:`~vcmbench.media.clip.YUVFrames`); the folder goes with
+        the clip."""
+        w, h, n = bitstream.width, bitstream.height, max(1, bitstream.frames)
+        clip = bitstream.frames > 1 or "fps" in bitstream.meta
+        tmp = tempfile.TemporaryDirectory(prefix=f"vcmbench-{self.name}-")
+        try:
+            dst = self.decode_to_file(bitstream, Path(tmp.name))
+            fmt = self.decoded_format(bitstream)
+            if clip:
+                return Clip(YUVFrames(dst, w, h, fmt, 0, n, owner=tmp), float(bitstream.meta.get("fps", 1.0)))
+            return yuv_bytes_to_rgb(dst.read_bytes()[: frame_bytes(w, h, self.fmt)], w, h, fmt)
+        except BaseException:
+            tmp.cleanup()
+            raise
+        finally:
+            if not clip:
+                tmp.cleanup()
+
+    def decode_to_file(self, bitstream: Bitstream, tmp: Path) -> Path:
+        """Run the decoder on ``bitstream`` in folder ``tmp``; the planar YUV file it wrote (checked to hold every
+        picture)."""
         w, h, n = bitstream.width, bitstream.height, max(1, bitstream.frames)
         pw, ph = padded_size(w, h)
-        with tempfile.TemporaryDirectory(prefix=f"vcmbench-{self.name}-") as tmp:
-            src = Path(tmp) / f"in{self.bitstream_suffix}"
-            dst = Path(tmp) / "dec.yuv"
-            src.write_bytes(bitstream.data)
-            what = f"{self.name} decode ({w}x{h}" + (f", {n} frames)" if n > 1 else ")")
-            res = run_process(self.decode_command(src, dst, pw, ph), what, cwd=Path(tmp), timeout=self.timeout)
-            data = read_output(dst, what, res.stderr)
+        src = tmp / f"in{self.bitstream_suffix}"
+        dst = tmp / "dec.yuv"
+        src.write_bytes(bitstream.data)
+        what = f"{self.name} decode ({w}x{h}" + (f", {n} frames)" if n > 1 else ")")
+        res = run_process(self.decode_command(src, dst, pw, ph), what, cwd=tmp, timeout=self.timeout)
+        src.unlink()
+        size = dst.stat().st_size if dst.is_file() else 0
+        if size == 0:
+            read_output(dst, what, res.stderr)  # raises the empty-output error with the decoder's stderr
         expected = frame_bytes(w, h, self.fmt)
-        if len(data) < n * expected:
+        if size < n * expected:
             raise CodecError(
-                f"{self.name} decode: decoder wrote {len(data)} bytes, {n} {pw}x{ph} 4:2:0 "
+                f"{self.name} decode: decoder wrote {size} bytes, {n} {pw}x{ph} 4:2:0 "
                 f"{self.fmt.bit_depth}-bit picture(s) need {n * expected}"
             )
-        fmt = self.decoded_format(bitstream)
-        if bitstream.frames > 1 or "fps" in bitstream.meta:
-            fps = float(bitstream.meta.get("fps", 1.0))
-            return Clip(yuv_bytes_to_frames(data, w, h, n, fmt), fps)
-        return yuv_bytes_to_rgb(data[:expected], w, h, fmt)
+        return dst

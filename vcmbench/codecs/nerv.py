@@ -23,6 +23,12 @@ quantization bits (``bits``)::
         - {size: S, width: 0.25, prune: 0.4, bits: 8}
         - {size: M, prune: 0.4, bits: 8}
 
+``segment: N`` (frames; unset: the whole clip) trains one network per N frames of a clip, so that
+training holds one segment (a long sequence does not fit one model or the memory); the bitstream is
+the segments' streams in one container (:func:`~vcmbench.codecs.nerv_pipeline.pack_segments`, rate =
+all of its bytes), decoding renders a segment at a time as the frames are read. Unset, nothing
+changes (bitstreams and identity are those of the whole-clip codec).
+
 Training settings (``epochs``, ``finetune_epochs``, ``lr``, ``warmup``, ``finetune_warmup``,
 ``batch_size``, ``l1_weight``, ``seed``, ``threads``), the activation, the layout limits and,
 for SA-NeRV, every mask setting enter :meth:`NeRVCodec.identity`, as does the kind of device
@@ -44,7 +50,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import CodecError, QualityError
-from ..media.clip import Clip
+from ..media.clip import Clip, FrameSource, check_segment
 from ..media.devices import resolve_device
 from ..media.hashing import stable_hash
 from ..registry import register
@@ -164,6 +170,7 @@ class NeRVCodec(Codec):
         device: str = "auto",
         threads: int | None = None,
         progress: bool = False,
+        segment: int | None = None,
     ) -> None:
         from ..models.nerv import ACTIVATIONS, NeRVError
         from .nerv_pipeline import TrainSettings
@@ -185,6 +192,10 @@ class NeRVCodec(Codec):
         self.threads = None if threads in (None, 0) else _int(threads, f"codec {self.name}: threads", 1)
         self.device = device
         self.progress = bool(progress)
+        try:
+            self.segment = check_segment(segment, f"codec {self.name}: segment")
+        except ValueError as exc:
+            raise CodecError(str(exc)) from None
         self._torch_device: Any = None
 
     # ---- identity ------------------------------------------------------------------------------
@@ -210,8 +221,9 @@ class NeRVCodec(Codec):
                 f"/compressai-{cai}/{self.torch_device().type}")  # fmt: skip
 
     def identity_fields(self) -> dict[str, Any]:
-        """Everything that determines the bytes, besides the quality and the clip."""
-        return {
+        """Everything that determines the bytes, besides the quality and the clip (``segment`` only where set,
+        so that the whole-clip codec keeps its identity)."""
+        out = {
             "class": type(self).__qualname__,
             "variant": self.variant,
             "points": {str(k): p.identity() for k, p in self.points.items()},
@@ -221,6 +233,9 @@ class NeRVCodec(Codec):
             "threads": self.threads,
             "version": self.version(),
         }
+        if self.segment is not None:
+            out["segment"] = self.segment
+        return out
 
     def identity(self) -> str:
         return stable_hash(self.identity_fields())
@@ -281,23 +296,90 @@ class NeRVCodec(Codec):
     def encode(self, image: Any, quality: Any) -> Bitstream:  # type: ignore[override]
         clip = self._check_clip(image)
         key = self.validate_quality(quality)
+        if self.segment is not None and clip.num_frames > self.segment:
+            return self.encode_segments(clip, key)
         res = self.encode_result(clip, key)
         s = res.stats
         meta = {"rate_point": key, "parameters": s["parameters"], "pruned": s["pruned"],
                 "psnr": round(s["psnr"], 4), "train_s": s["train_s"] + s["finetune_s"]}  # fmt: skip
         return Bitstream(res.data, width=clip.width, height=clip.height, frames=clip.num_frames, meta=meta)
 
-    def decode(self, bitstream: Bitstream) -> Clip:  # type: ignore[override]
-        from .nerv_pipeline import decode_clip
+    def encode_segments(self, clip: Clip, key: int) -> Bitstream:
+        """One network per ``segment`` frames, trained on that segment alone (read from the clip as it comes);
+        the bitstream is their container. ``psnr`` is the mean of every frame's, ``parameters`` and ``pruned``
+        count over all segments' networks, ``segments`` lists the frames of each."""
+        from .nerv_pipeline import pack_segments
 
+        streams, frames, psnrs, params, pruned, train_s = [], [], [], 0, 0, 0.0
+        for _, part in clip.segments(self.segment):
+            res = self.encode_result(Clip(np.ascontiguousarray(part), clip.fps), key)
+            s = res.stats
+            streams.append(res.data)
+            frames.append(len(part))
+            psnrs.append(s["psnr"])
+            params, pruned, train_s = params + s["parameters"], pruned + s["pruned"], train_s + s["train_s"] + s["finetune_s"]
+        psnr = float(np.average(psnrs, weights=frames))
+        meta = {"rate_point": key, "parameters": params, "pruned": pruned, "psnr": round(psnr, 4),
+                "train_s": train_s, "segments": frames}  # fmt: skip
+        return Bitstream(pack_segments(streams), width=clip.width, height=clip.height, frames=clip.num_frames,
+                         meta=meta)  # fmt: skip
+
+    def decode(self, bitstream: Bitstream) -> Clip:  # type: ignore[override]
+        from .nerv_pipeline import decode_clip, unpack_segments
+
+        streams = unpack_segments(bitstream.data)
+        if streams is not None:
+            frames = NeRVSegmentFrames(streams, self.torch_device(), self.name)
+            self._check_decoded(frames.num_frames, frames.height, frames.width, bitstream)
+            return Clip(frames, frames.fps, segment=max(frames.lengths))
         # torch's thread count is left alone: it is process-wide, and decodes run while a task model predicts
         # in the same process (its predictions depend on the thread count); the decoded frames do not
         out = decode_clip(bitstream.data, self.torch_device())
         h = out.header
-        if (h.frames, h.layout.height, h.layout.width) != (bitstream.frames, bitstream.height, bitstream.width):
-            raise CodecError(f"{self.name}: bitstream codes {h.frames} frames of {h.layout.width}x{h.layout.height}, "
-                             f"expected {bitstream.frames} of {bitstream.width}x{bitstream.height}")  # fmt: skip
+        self._check_decoded(h.frames, h.layout.height, h.layout.width, bitstream)
         return Clip(out.frames, out.fps)
+
+    def _check_decoded(self, frames: int, height: int, width: int, bitstream: Bitstream) -> None:
+        if (frames, height, width) != (bitstream.frames, bitstream.height, bitstream.width):
+            raise CodecError(f"{self.name}: bitstream codes {frames} frames of {width}x{height}, "
+                             f"expected {bitstream.frames} of {bitstream.width}x{bitstream.height}")  # fmt: skip
+
+
+class NeRVSegmentFrames(FrameSource):
+    """The frames of a clip coded in segments, rendered a segment at a time as they are read (the segment
+    rendered last is kept)."""
+
+    def __init__(self, streams: Sequence[bytes], device: Any, name: str) -> None:
+        from .nerv_pipeline import parse_header
+
+        headers = [parse_header(s) for s in streams]
+        sizes = {(h.layout.height, h.layout.width) for h in headers}
+        if len(sizes) != 1 or len({h.fps for h in headers}) != 1:
+            raise CodecError(f"{name}: the segments of the bitstream differ in picture size or frame rate")
+        self.streams, self.device = list(streams), device
+        self.lengths = [h.frames for h in headers]
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(int).tolist()
+        self.num_frames = int(self.starts[-1])
+        (self.height, self.width), self.fps = sizes.pop(), float(headers[0].fps)
+        self._last: tuple[int, np.ndarray] | None = None
+
+    def segment_frames(self, k: int) -> np.ndarray:
+        from .nerv_pipeline import decode_clip
+
+        if self._last is None or self._last[0] != k:
+            self._last = None
+            self._last = (k, decode_clip(self.streams[k], self.device).frames)
+        return self._last[1]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        start, stop = max(0, start), min(stop, self.num_frames)
+        parts = []
+        for k, (a, b) in enumerate(zip(self.starts[:-1], self.starts[1:], strict=True)):
+            if a < stop and start < b:
+                parts.append(self.segment_frames(k)[max(start, a) - a : min(stop, b) - a])
+        if not parts:
+            return np.empty((0, self.height, self.width, 3), dtype=np.uint8)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 @register("codec", "sanerv")

@@ -46,6 +46,13 @@ SA-NeRV adds a masked term: ``loss = L(x, x̂) + w·L(x⊙m, x̂⊙m)``, m the e
     varint payload length | payload (rANS)
     u32 CRC-32 of every byte before it
 
+A clip coded in segments (the codec's ``segment: N``: one network per N frames) is a container of
+those streams, the rate being all of its bytes::
+
+    4 bytes  magic "NeRS"            u8 container version (1)    varint segments
+    per segment: varint length | a NeRV bitstream as above (its own header, frames and CRC-32)
+    u32 CRC-32 of every byte before it
+
 The decoder rebuilds the network from the header alone, decodes the weights, runs every
 frame (one at a time), rounds to uint8 and crops the padding. The encoder's own
 reconstruction goes through the same functions on its in-memory symbols, so it equals the
@@ -91,6 +98,7 @@ from ..models.nerv import (
 __all__ = [
     "FORMAT_VERSION",
     "MAGIC",
+    "SEGMENTS_MAGIC",
     "DecodedClip",
     "EpochLog",
     "Header",
@@ -105,6 +113,7 @@ __all__ = [
     "lr_at",
     "nerv_loss",
     "pack_bitstream",
+    "pack_segments",
     "parse_bitstream",
     "parse_header",
     "prune_global",
@@ -116,10 +125,14 @@ __all__ = [
     "render",
     "sanerv_loss",
     "torch_threads",
+    "unpack_segments",
 ]
 
 MAGIC = b"NeRV"
 FORMAT_VERSION = 1
+#: the container of a clip coded in segments (module docstring)
+SEGMENTS_MAGIC = b"NeRS"
+SEGMENTS_VERSION = 1
 VARIANTS = {"nerv": 0, "sanerv": 1}
 #: CompressAI's rANS works with 16-bit frequencies; the last slot is its (unused) escape symbol
 RANS_TOTAL = 1 << 16
@@ -586,6 +599,36 @@ def _parse_header(r: _Reader) -> Header:
         raise CodecError(f"nerv: corrupt bitstream header (network output {cfg.out_width}x{cfg.out_height}, "
                          f"padded frame {layout.padded_width}x{layout.padded_height})")  # fmt: skip
     return Header(variant, frames, layout, fps, cfg, bits)
+
+
+def pack_segments(streams: Sequence[bytes]) -> bytes:
+    """The container of a clip coded in segments: each segment's NeRV bitstream, in frame order (module docstring)."""
+    out = bytearray(SEGMENTS_MAGIC)
+    out += bytes([SEGMENTS_VERSION]) + _varint(len(streams))
+    for data in streams:
+        out += _varint(len(data)) + data
+    out += struct.pack("<I", zlib.crc32(out) & 0xFFFFFFFF)
+    return bytes(out)
+
+
+def unpack_segments(data: bytes) -> list[bytes] | None:
+    """The segments' NeRV bitstreams of a container, in frame order; None when ``data`` is one NeRV bitstream."""
+    if data[: len(SEGMENTS_MAGIC)] != SEGMENTS_MAGIC:
+        return None
+    if len(data) < len(SEGMENTS_MAGIC) + 6:
+        raise CodecError(f"nerv: segment container of {len(data)} bytes is truncated")
+    (crc,) = struct.unpack("<I", data[-4:])
+    if zlib.crc32(data[:-4]) & 0xFFFFFFFF != crc:
+        raise CodecError("nerv: segment container is corrupt or truncated (CRC-32 mismatch)")
+    r = _Reader(data[:-4], len(SEGMENTS_MAGIC))
+    version = r.u8("container version")
+    if version != SEGMENTS_VERSION:
+        raise CodecError(f"nerv: segment container version {version}, this vcmbench reads {SEGMENTS_VERSION}")
+    streams = [r.take(r.varint("segment length"), f"segment {i}") for i in range(r.varint("segments"))]
+    if r.pos != len(r.data) or not streams:
+        raise CodecError(f"nerv: corrupt segment container ({len(streams)} segments, {len(r.data) - r.pos} bytes "
+                         "left over)")  # fmt: skip
+    return streams
 
 
 def parse_header(data: bytes) -> Header:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import DatasetLayoutError, ItemError
-from ..media.clip import Clip, read_yuv_clip
+from ..media.clip import Clip, YUVFrames, check_segment
 from ..media.hashing import stable_hash
 from ..media.yuv import YUVFormat, YUVSource, frame_bytes
 from ..registry import register
@@ -93,9 +93,14 @@ def parse_yuv_name(path: Path) -> dict[str, Any] | None:
 
 @register("dataset", "sfu_hw")
 class SfuHwDataset(VideoDataset):
-    """SFU-HW-Objects-v1 sequences (see the module docstring)."""
+    """SFU-HW-Objects-v1 sequences (see the module docstring).
 
-    location_settings: ClassVar[tuple[str, ...]] = ("root",)
+    ``segment`` (frames; 0 or null: the whole sequence) bounds memory: a clip's frames are read from its YUV file
+    on demand, and encoding, decode PSNR and prediction hold one segment of them at a time. It changes no
+    bitstream, prediction or score, so it is left out of the dataset's identity, like ``root``.
+    """
+
+    location_settings: ClassVar[tuple[str, ...]] = ("root", "segment")
 
     def __init__(
         self,
@@ -108,8 +113,10 @@ class SfuHwDataset(VideoDataset):
         label_index_base: int = 0,
         matrix: str = "bt601",
         full_range: bool = False,
+        segment: int | None = 64,
     ) -> None:
         self.root = Path(root).expanduser() if root else Path("")
+        self.segment = check_segment(segment, "sfu_hw: segment")
         if isinstance(classes, str):
             classes = [c for c in classes.replace(",", " ").split() if c]
         self.classes = [str(c).removeprefix("Class") for c in classes] if classes else None
@@ -213,17 +220,18 @@ class SfuHwDataset(VideoDataset):
     # ---- pixels and labels -----------------------------------------------------------------------
     def load_image(self, item: Item) -> Clip:
         """The clip's frames as RGB (the ``matrix`` and range of the card: BT.601 limited range by default, the
-        conversion of MPEG's SFU-HW evaluation), with its YUV file range as ``source``: YUV codecs encode the
-        original samples of that range (``docs/video.md``, YUV pass-through)."""
+        conversion of MPEG's SFU-HW evaluation), read from the file on demand a ``segment`` at a time, with its
+        YUV file range as ``source``: YUV codecs encode the original samples of that range (``docs/video.md``,
+        YUV pass-through) and never read the RGB frames."""
         m = item.meta
         fmt = self._fmt(m["bit_depth"])
+        source = YUVSource(Path(item.path), int(m["width"]), int(m["height"]), fmt, int(m["start"]), int(m["frames"]))
         try:
-            frames = read_yuv_clip(item.path, m["width"], m["height"], fmt, m["start"], m["frames"])
+            frames = YUVFrames(source.path, source.width, source.height, fmt, source.start, source.frames)
         except (OSError, ValueError) as exc:
             raise ItemError(f"clip {item.id}: cannot read {item.path} ({exc}); restore the file from the CTC "
                             f"sequences or leave it out with --exclude {item.id}") from None  # fmt: skip
-        source = YUVSource(Path(item.path), int(m["width"]), int(m["height"]), fmt, int(m["start"]), int(m["frames"]))
-        return Clip(frames, float(m["fps"]), source=source)
+        return Clip(frames, float(m["fps"]), source=source, segment=self.segment)
 
     def categories(self) -> list[dict[str, Any]]:
         return [{"id": cid, "name": name} for cid, name in self._label_table().values()]

@@ -128,12 +128,13 @@ class SynthClipsDataset(SfuHwDataset):
         start_frame: int = 0,
         num_frames: int | None = None,
         frame_ranges: Mapping[str, Any] | None = None,
+        segment: int | None = 64,
     ) -> None:
         self.images = SynthDataset(root, split, seed, width, height, images, clips, clip_frames, clip_fps)
         labels = [{"index": t.id - 1, "id": t.id, "name": t.name} for t in THINGS]  # as the clips' txt files index
         super().__init__(self.images.sfu_hw_root, classes=["S"], start_frame=start_frame, num_frames=num_frames,
                          frame_ranges=frame_ranges, label_map=labels, matrix=YUV_FORMAT["matrix"],
-                         full_range=YUV_FORMAT["range"] == "full")  # fmt: skip
+                         full_range=YUV_FORMAT["range"] == "full", segment=segment)  # fmt: skip
 
     def identity(self) -> str:
         return stable_hash({"class": "SynthClipsDataset", "images": self.images.identity(),

@@ -154,6 +154,8 @@ def run_decode(job: DecodeJob) -> Decoded:
         if (image.num_frames, image.height, image.width) != (bs.frames, bs.height, bs.width):
             raise CodecError(f"{job.codec.name}: decoded clip is {image.num_frames} frames of {image.width}x"
                              f"{image.height}, expected {bs.frames} of {bs.width}x{bs.height}")  # fmt: skip
+        if image.segment is None:  # gone through (PSNR, prediction) a segment of the dataset's at a time
+            image.segment = getattr(ds, "segment", None)
     elif image.shape[:2] != (bs.height, bs.width):
         raise CodecError(
             f"{job.codec.name}: decoded image is {image.shape[1]}x{image.shape[0]}, expected {bs.width}x{bs.height}"
@@ -187,7 +189,7 @@ def predict_batch(task: Any, images: Sequence[np.ndarray | Clip]) -> _Predicted:
         preds: list[Any] = []
         seconds = 0.0
         for start in range(0, clip.num_frames, step):
-            p, e, t = _predict_images(task, list(clip.frames[start : start + step]))
+            p, e, t = _predict_images(task, list(clip.read(start, start + step)))  # one segment held at a time
             bad = next((k for k, err in enumerate(e) if err is not None), None)
             if bad is not None:
                 err = e[bad]
