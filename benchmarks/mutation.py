@@ -5,6 +5,10 @@ their test files are in ``benchmarks/mutation.toml``. Each module is mutated in 
 ``.mutation/NAME/`` (git-ignored): mutmut copies the package into ``.mutation/NAME/mutants/`` and changes
 the copy only, so the working tree is never modified and the normal test run never sees a mutant.
 
+With ``--sample N``, each module runs a random sample of N of its mutants (``--seed``) instead of all of
+them, for modules whose covering tests are slow: the score is then the sample's, printed with its 95 %
+Wilson interval.
+
 Prints, per module, the mutants killed / total (the score; a timeout counts as killed, a mutant no test
 reaches as survived), the target, the time per mutant, and the names of the surviving mutants (with
 ``--diffs``, each one's diff). Exit status 1 when a module is under its target.
@@ -14,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -78,14 +84,15 @@ def prepare(work: Path, module: dict, settings: dict, keep: bool) -> None:
     (work / "setup.cfg").write_text(setup_cfg(module, settings))
 
 
-def run_mutmut(work: Path, workers: int, log: Path) -> float:
-    """Run mutmut in ``work``; its output goes to ``log``. Returns the wall time in seconds."""
+def run_mutmut(work: Path, workers: int, log: Path, names: list[str] | None = None) -> float:
+    """Run mutmut in ``work`` (only the mutants ``names``, where given); its output goes to ``log``.
+    Returns the wall time in seconds."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", VCMBENCH_CARDS_ROOT=str(REPO))
     env.setdefault("VCMBENCH_SHARED", str(REPO.parent / "shared"))
     start = time.monotonic()
     with log.open("w") as out:
         proc = subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(workers)],
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(workers), *(names or [])],
             cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, check=False,
         )  # fmt: skip
     elapsed = time.monotonic() - start
@@ -93,6 +100,49 @@ def run_mutmut(work: Path, workers: int, log: Path) -> float:
         tail = log.read_text(errors="replace")[-4000:]
         raise SystemExit(f"mutmut failed in {work} (exit {proc.returncode}); log {log}:\n{tail}")
     return elapsed
+
+
+#: a mutant name that matches no mutant: ``mutmut run`` with it generates the mutants and records which test
+#: calls which function, then stops before running any mutant (mutmut says "nothing matches")
+NO_MUTANT = "vcmbench.no_such_function__mutmut_0"
+
+
+def generate_only(work: Path, log: Path) -> None:
+    """Generate a module's mutants and mutmut's test statistics without running a mutant."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", VCMBENCH_CARDS_ROOT=str(REPO))
+    env.setdefault("VCMBENCH_SHARED", str(REPO.parent / "shared"))
+    with log.open("w") as out:
+        subprocess.run([sys.executable, "-m", "mutmut", "run", NO_MUTANT], cwd=work, env=env,
+                       stdout=out, stderr=subprocess.STDOUT, check=False)  # fmt: skip
+    if "nothing matches" not in log.read_text(errors="replace"):
+        tail = log.read_text(errors="replace")[-4000:]
+        raise SystemExit(f"mutmut could not generate the mutants in {work}; log {log}:\n{tail}")
+
+
+def draw_sample(names: list[str], size: int, seed: int) -> list[str]:
+    """``size`` of the mutant ``names`` drawn at random (all of them when there are no more)."""
+    names = sorted(names)
+    return names if size >= len(names) else sorted(random.Random(seed).sample(names, size))
+
+
+def wilson_interval(killed: int, total: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval (in %) of a share ``killed / total`` measured on a sample."""
+    if total == 0:
+        return (0.0, 100.0)
+    p = killed / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return (round(100 * max(0.0, centre - half), 1), round(100 * min(1.0, centre + half), 1))
+
+
+def run_sample(work: Path, module: dict, workers: int, size: int, seed: int) -> tuple[list[str], float]:
+    """Generate the mutants, then run ``size`` of them drawn at random. Returns the sample and the wall time."""
+    start = time.monotonic()
+    if not (work / "mutants").exists():
+        generate_only(work, work / "mutmut-generate.log")
+    sample = draw_sample(list(results(work, module)), size, seed)
+    run_mutmut(work, workers, work / "mutmut.log", sample)
+    return sample, time.monotonic() - start
 
 
 def results(work: Path, module: dict) -> dict[str, str]:
@@ -114,16 +164,30 @@ def show(work: Path, name: str) -> str:
     return proc.stdout
 
 
-def report(name: str, module: dict, statuses: dict[str, str], elapsed: float) -> dict:
+def report(name: str, module: dict, statuses: dict[str, str], elapsed: float, population: int | None = None) -> dict:
+    """A module's score; ``population`` (the module's number of mutants) when ``statuses`` is a sample."""
     killed = sum(s in KILLED_STATUSES for s in statuses.values())
     total = len(statuses)
     score = 100.0 * killed / total if total else 100.0
     survivors = sorted(m for m, s in statuses.items() if s not in KILLED_STATUSES)
-    return {
+    row = {
         "module": name, "killed": killed, "total": total, "score": round(score, 1), "target": module["target"],
         "seconds": round(elapsed, 1), "seconds_per_mutant": round(elapsed / max(total, 1), 2),
         "survivors": {m: statuses[m] for m in survivors},
     }  # fmt: skip
+    if population is not None:
+        row.update(sampled_from=population, interval=wilson_interval(killed, total))
+    return row
+
+
+def run_module(name: str, module: dict, work: Path, args: argparse.Namespace) -> dict:
+    """Run one module's mutants (all, or ``args.sample`` of them) and score them."""
+    if args.sample is None:
+        elapsed = run_mutmut(work, args.workers, work / "mutmut.log")
+        return report(name, module, results(work, module), elapsed)
+    sample, elapsed = run_sample(work, module, args.workers, args.sample, args.seed)
+    statuses = results(work, module)
+    return report(name, module, {m: statuses[m] for m in sample}, elapsed, population=len(statuses))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="reuse a module's mutants and results from the last run")
     p.add_argument("--diffs", action="store_true", help="print the diff of each surviving mutant")
     p.add_argument("--list", action="store_true", help="list the modules and their tests, run nothing")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="run N mutants per module drawn at random, not all (for modules with slow tests)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample's draw [0]")
     args = p.parse_args(argv)
     unknown = set(args.names) - set(modules)
     if unknown:
@@ -156,10 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work / n
         prepare(work, modules[n], settings, args.keep)
         print(f"== {n}: mutating {', '.join(modules[n]['mutate'])} (log {work / 'mutmut.log'})", flush=True)
-        elapsed = run_mutmut(work, args.workers, work / "mutmut.log")
-        row = report(n, modules[n], results(work, modules[n]), elapsed)
+        row = run_module(n, modules[n], work, args)
         summary.append(row)
-        print(f"   {row['killed']}/{row['total']} killed = {row['score']} % (target {row['target']} %), "
+        sampled = f" (a sample of {row['sampled_from']}: 95 % interval {row['interval']})" if "interval" in row else ""
+        print(f"   {row['killed']}/{row['total']} killed = {row['score']} %{sampled} (target {row['target']} %), "
               f"{row['seconds']} s, {row['seconds_per_mutant']} s per mutant", flush=True)  # fmt: skip
         for m, status in row["survivors"].items():
             print(f"   {status:>9}: {m}")
