@@ -125,6 +125,16 @@ def test_consumers_hold_one_segment() -> None:
         assert max(a.reads) == max(b.reads) == most
 
 
+
+def test_the_first_frame_of_a_decoded_clip_reads_one_segment() -> None:
+    """`vcmbench decode` shows a clip's first frame: one segment is read, not the sequence."""
+    from vcmbench.report.decoded import first_frame
+
+    frames = moving_rgb()
+    src = CountingFrames(frames)
+    clip = Clip(src, FPS, segment=4)
+    assert np.array_equal(first_frame(clip), frames[0]) and src.reads == [4] and clip.lazy
+
 def test_a_decoded_clip_travels_with_its_frames_read() -> None:
     """A clip reading a temporary file (a decoder's output) is pickled with its frames; one reading the
     dataset's file is pickled as it is (path and range)."""

@@ -114,7 +114,7 @@ def _choose_items(units: Sequence[Any], preds: Mapping[str, Any], wanted: Sequen
 # ---- pictures ------------------------------------------------------------------------------------
 def first_frame(pixels: Any) -> np.ndarray:
     """An image as it is, a clip's first frame."""
-    return np.asarray(pixels.frames[0] if isinstance(pixels, Clip) else pixels)
+    return np.asarray(pixels.read(0, 1)[0] if isinstance(pixels, Clip) else pixels)
 
 
 class _Pictures:
