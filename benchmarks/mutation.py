@@ -187,6 +187,10 @@ def run_module(name: str, module: dict, work: Path, args: argparse.Namespace) ->
         return report(name, module, results(work, module), elapsed)
     sample, elapsed = run_sample(work, module, args.workers, args.sample, args.seed)
     statuses = results(work, module)
+    gone = [m for m in sample if m not in statuses]
+    if gone:  # mutmut made the mutants again: a mutated file changed while the sample ran
+        raise SystemExit(f"{name}: {len(gone)} sampled mutant(s) (e.g. {gone[0]}) no longer exist: a file of "
+                         f"{', '.join(module['mutate'])} changed during the run; run the module again")  # fmt: skip
     return report(name, module, {m: statuses[m] for m in sample}, elapsed, population=len(statuses))
 
 
