@@ -641,7 +641,8 @@ def test_a_model_failure_is_an_infer_failure_per_item(tmp_path: Path, make_conte
 
 def test_a_missing_bitstream_fails_its_prediction_only(tmp_path: Path, make_context: Any) -> None:
     """Predictions asked for without their encodes (none stored; one blob deleted since): each coded item's row
-    says why, the reference is predicted, and no failure is added (an encode's is reported by its stage)."""
+    says why, the reference is predicted, and each such item is a failure of the run (no encode stage of this
+    run reported it), so the run does not say ok while a unit lacks items."""
     c = make_context(grid(tmp_path / "o"))
     with LocalExecutor(1) as ex:
         infer_stage(c.ctx, c.units, ex, Recorder())  # type: ignore[arg-type]
@@ -649,7 +650,9 @@ def test_a_missing_bitstream_fails_its_prediction_only(tmp_path: Path, make_cont
     assert [(preds[i]["status"], preds[i]["error"]) for i in IDS] == [
         ("failed", "no bitstream to decode (encode failed: no bitstream)")] * 3
     assert [p["status"] for p in by_item(c.store.root, "predictions", "uncompressed").values()] == ["done"] * 3
-    assert c.ctx.failures == [] and c.ctx.work == {"encodes": 0, "decodes": 0, "inferences": 3, "evaluations": 0}
+    assert [(f.stage, f.unit, f.item) for f in c.ctx.failures] == [("decode", "synth/synth_det/jpeg@20", i) for i in IDS]
+    assert c.ctx.work == {"encodes": 0, "decodes": 0, "inferences": 3, "evaluations": 0}
+    c.ctx.failures.clear()
     with LocalExecutor(1) as ex:
         encode_stage(c.ctx, c.units, ex)
         blob = by_item(c.store.root, "encodes", "jpeg")["2"]["blob"]
@@ -657,9 +660,10 @@ def test_a_missing_bitstream_fails_its_prediction_only(tmp_path: Path, make_cont
         infer_stage(c.ctx, c.units, ex, Recorder())  # type: ignore[arg-type]
     preds = by_item(c.store.root, "predictions", "jpeg")
     assert [preds[i]["status"] for i in IDS] == ["done", "failed", "done"]
-    assert preds["2"]["error"] == (f"no bitstream to decode (encode failed: [Errno 2] No such file or directory: "
-                                   f"'{c.store.blob_path(blob)}')")  # fmt: skip
-    assert c.ctx.failures == [] and c.ctx.work["decodes"] == 2
+    assert preds["2"]["error"] == (f"no bitstream to decode (its bitstream file is gone ([Errno 2] No such file or "
+                                   f"directory: '{c.store.blob_path(blob)}'); the next run encodes it again)")  # fmt: skip
+    assert [(f.stage, f.item, f.error) for f in c.ctx.failures] == [("decode", "2", preds["2"]["error"])]
+    assert c.ctx.work["decodes"] == 2
 
 
 def test_clips_are_predicted_one_per_batch_and_rated_per_group(tmp_path: Path, make_context: Any) -> None:

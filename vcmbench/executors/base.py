@@ -145,7 +145,7 @@ def run_decode(job: DecodeJob) -> Decoded:
     if job.codec is None:
         return Decoded(ds.load_image(job.item))
     if job.missing is not None or job.bitstream is None:
-        raise EncodeFailed(f"no bitstream to decode (encode failed: {job.missing or 'no bitstream'})")
+        raise EncodeFailed(f"no bitstream to decode ({job.missing or 'encode failed: no bitstream'})")
     bs = job.bitstream
     t = time.perf_counter()
     image = cached(job.codec).decode(bs)

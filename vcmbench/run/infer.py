@@ -67,13 +67,14 @@ def decode_jobs(ctx: RunContext, work: list[Job]) -> Iterator[DecodeJob]:
         ekey = u.encode_key(sha)
         rec = enc.get(ekey)  # type: ignore[arg-type]
         if rec is None or rec.status != "done" or rec.blob is None:
-            yield DecodeJob(key, ds_card, item, res.cards[u.codec], None, ekey,
-                            missing=rec.error if rec is not None else "no bitstream")  # fmt: skip
+            why = rec.error if rec is not None and rec.error else "no bitstream"
+            yield DecodeJob(key, ds_card, item, res.cards[u.codec], None, ekey, missing=f"encode failed: {why}")
             continue
         try:
             data = store.get_blob(rec.blob)
         except OSError as exc:
-            yield DecodeJob(key, ds_card, item, res.cards[u.codec], None, ekey, missing=str(exc))
+            yield DecodeJob(key, ds_card, item, res.cards[u.codec], None, ekey,
+                            missing=f"its bitstream file is gone ({exc}); the next run encodes it again")  # fmt: skip
             continue
         bs = Bitstream(data, rec.width or 0, rec.height or 0, rec.frames or 1, rec.meta)
         yield DecodeJob(key, ds_card, item, res.cards[u.codec], bs, ekey, want_stats=rec.decode_s is None)
@@ -90,6 +91,7 @@ def infer_task(ctx: RunContext, task_name: str, work: list[Job], executor: Execu
     ctx.log(f"{task_name}: {len(work)} {'clips' if clips else 'images'} to infer")
     bar = progress(None, ctx.progress, total=len(work), desc=f"infer {task_name}")
     failed = 0
+    reported = encode_failures(ctx)
     batches = executor.infer(ctx.res.cards[task_name], decode_jobs(ctx, work), 1 if clips else task.batch_size)
     for br in batches:
         rows, stats = [], []
@@ -97,7 +99,7 @@ def infer_task(ctx: RunContext, task_name: str, work: list[Job], executor: Execu
             u, item, sha, key = where[job.key]
             if err is not None:
                 msg = error_text(err)
-                if not isinstance(err, EncodeFailed):  # encode failures were reported already
+                if not isinstance(err, EncodeFailed) or (f"{u.codec}@{u.quality}", item.id) not in reported:
                     stage = "infer" if dec is not None else "decode"
                     ctx.fail(stage, u.label(), item.id, msg)
                     ctx.log(f"{u.label()} item {item.id} ({item.path}): {stage} failed: {msg}")
@@ -118,6 +120,12 @@ def infer_task(ctx: RunContext, task_name: str, work: list[Job], executor: Execu
         failed += sum(r["status"] == "failed" for r in rows)
         show_status(bar, executor, failed)
     bar.close()
+
+
+def encode_failures(ctx: RunContext) -> set[tuple[str, str]]:
+    """(codec@quality, item id) of the encodes whose failure this run reported already: an item without a
+    bitstream for another reason (none stored, its file gone since) is reported when its prediction fails."""
+    return {(f.unit, f.item) for f in ctx.failures if f.stage == "encode"}
 
 
 def prediction_row(ctx: RunContext, u: WorkUnit, item: Item, sha: str, key: str, **kw: Any) -> dict[str, Any]:
