@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from vcmbench.metrics import coco_map
 from vcmbench.metrics.coco_map import BACKENDS, coco_bbox_eval, coco_segm_eval, resolve_backend
@@ -130,3 +131,88 @@ def test_backend_choice_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_backend()
     with pytest.raises(ValueError, match="unknown COCO evaluation backend 'fast'"):
         coco_bbox_eval(_random_case(0)[0], [], [1], backend="fast")
+
+
+# ---- detections as one array (the tasks' path) ------------------------------------------------------
+def _dict_path(per_image: list[tuple[int, list[list[float]]]], cats: dict[int, int]) -> list[dict]:
+    """The detection dicts the tasks built before the array path, written out as they were."""
+    dets = []
+    for image_id, rows in per_image:
+        for x1, y1, x2, y2, score, cls in rows:
+            if int(cls) not in cats:
+                continue
+            dets.append({"image_id": image_id, "category_id": cats[int(cls)], "score": round(score, 5),
+                         "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)]})  # fmt: skip
+    return dets
+
+
+def _as_rows(dets: list[dict]) -> np.ndarray:
+    return np.array([[d["image_id"], *d["bbox"], d["score"], d["category_id"]] for d in dets], dtype=np.float64)
+
+
+def test_round_like_python_is_pythons_round_bit_for_bit() -> None:
+    rng = np.random.default_rng(0)
+    # box corners and scores as the tasks store them (Python's round to 1e-4 px and 1e-6)
+    stored = np.array([round(float(v), 4) for v in rng.uniform(-5, 700, 200_000)])
+    scores = np.array([round(float(v), 6) for v in rng.uniform(0, 1, 50_000)])
+    values = np.concatenate([
+        stored, stored[1:] - stored[:-1], scores, rng.uniform(0, 1, 50_000),
+        np.arange(-4000, 4000) / 2000, np.arange(0, 64) / 16,  # exact ties (x * 1000 is a half): to even
+        [0.0, -0.0, 1e-9, 2.675, 1.0005, 123456.7895, 3e12, np.inf, -np.inf, np.nan],
+    ])  # fmt: skip
+    for ndigits in (3, 5):
+        want = np.array([round(float(v), ndigits) for v in values])
+        got = coco_map.round_like_python(values, ndigits)
+        assert got.dtype == np.float64 and got.shape == values.shape
+        assert np.array_equal(got.view(np.int64), want.view(np.int64)), ndigits  # same bits, nan and -0.0 too
+        # numpy's own rounding differs on some of these: the fallback is needed
+        assert not np.array_equal(np.round(values, ndigits), want, equal_nan=True)
+
+
+@pytest.mark.skipif(not SHARED, reason="VCMBENCH_SHARED is not set: no coco-mini to score")
+def test_array_results_score_exactly_like_dicts_on_real_detections() -> None:
+    root = Path(SHARED) / "data" / "coco-mini"  # type: ignore[arg-type]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(root / "annotations" / "instances_val2017.json"))
+    ref_dets = json.loads((root / "reference" / "yolov5n_valpy_predictions.json").read_text())
+    ids = sorted(gt.getImgIds())
+    # the array of the reference detections scores exactly as each evaluator does on the dicts themselves
+    for backend in BACKENDS:
+        want = _stats(gt, ref_dets, ids, "bbox", backend)
+        got = coco_bbox_eval(gt, _as_rows(ref_dets), ids, backend=backend)
+        assert [got[k] for k in coco_map.BBOX_METRICS] == [want[i] for i in coco_map.BBOX_METRICS.values()], backend
+    with contextlib.redirect_stdout(io.StringIO()):  # and as pycocotools itself, untouched by this module
+        ev = COCOeval(gt, gt.loadRes(json.loads(json.dumps(ref_dets))), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    got = coco_bbox_eval(gt, _as_rows(ref_dets), ids, backend="pycocotools")
+    assert [got[k] for k in coco_map.BBOX_METRICS] == [ev.stats[i] for i in coco_map.BBOX_METRICS.values()]
+    # the tasks' rows ([x1, y1, x2, y2, score, class], stored to 1e-4 px and 1e-6) of these detections:
+    # xyxy_results gives the dict path's numbers bit for bit, row for row
+    cat_ids = sorted(gt.getCatIds())
+    cats = {i: c for i, c in enumerate(cat_ids) if i != 7}  # one class maps to no category: left out
+    per_image: dict[int, list[list[float]]] = {i: [] for i in ids}
+    for d in ref_dets:
+        x, y, w, h = d["bbox"]
+        per_image[d["image_id"]].append([round(x, 4), round(y, 4), round(x + w + 1e-4 / 3, 4),
+                                         round(y + h, 4), round(d["score"] + 3e-6, 6), cat_ids.index(d["category_id"])])  # fmt: skip
+    pairs = list(per_image.items())
+    dicts = _dict_path(pairs, cats)
+    rows = coco_map.xyxy_results(pairs, cats)
+    assert 1000 < len(dicts) < len(ref_dets)
+    assert np.array_equal(rows, _as_rows(dicts))
+    assert coco_bbox_eval(gt, rows, ids) == coco_bbox_eval(gt, dicts, ids)
+    assert coco_bbox_eval(gt, rows, ids, backend="pycocotools") == coco_bbox_eval(gt, dicts, ids, backend="pycocotools")
+
+
+def test_array_results_edge_cases_and_errors() -> None:
+    gt, boxes, _, ids = _random_case(2)
+    assert coco_map.xyxy_results([(1, []), (2, [])], {0: 1}).shape == (0, 7)
+    assert coco_bbox_eval(gt, np.zeros((0, 7)), ids) == dict.fromkeys(coco_map.BBOX_METRICS, 0.0)
+    with pytest.raises(ValueError, match=r"image 2: a detection must be \[x1, y1, x2, y2, score, class\], got \[1, 2\]"):
+        coco_map.xyxy_results([(1, [[0, 0, 5, 5, 0.5, 0]]), (2, [[1, 2]])], {0: 1})
+    with pytest.raises(ValueError, match=r"N x 7 .* got shape \(3, 6\)"):
+        coco_bbox_eval(gt, np.zeros((3, 6)), ids)
+    with pytest.raises(ValueError, match=r"image ids absent from the ground truth: \[99\]"):
+        coco_bbox_eval(gt, np.array([[99, 0, 0, 5, 5, 0.5, 1]]), ids)

@@ -267,18 +267,11 @@ class UltralyticsDetectTask(UltralyticsYOLOTask):
         return [self._boxes(r) for r in self._results(images)]
 
     def evaluate(self, predictions: Mapping[str, Any], dataset: Any) -> dict[str, float]:
-        from ..metrics.coco_map import coco_bbox_eval
+        from ..metrics.coco_map import coco_bbox_eval, xyxy_results
 
-        cats = self.category_map(dataset)
-        dets = []
-        for item_id, rows in predictions.items():
-            image_id = dataset.image_id(item_id)
-            for x1, y1, x2, y2, score, cls in rows:
-                if int(cls) not in cats:
-                    continue  # a class of no category of this dataset
-                dets.append({"image_id": image_id, "category_id": cats[int(cls)],
-                             "bbox": self._coco_box(x1, y1, x2, y2), "score": round(score, 5)})  # fmt: skip
+        # one array of result rows, not a dict per detection; classes of no category of the dataset left out
         img_ids = [dataset.image_id(k) for k in predictions]
+        dets = xyxy_results(zip(img_ids, predictions.values(), strict=True), self.category_map(dataset))
         return coco_bbox_eval(dataset.coco_gt(), dets, img_ids)
 
 

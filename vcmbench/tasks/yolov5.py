@@ -436,10 +436,11 @@ class YOLOv5Task(Task):
         return dets
 
     def evaluate(self, predictions: Mapping[str, Any], dataset: Any) -> dict[str, float]:
-        from ..metrics.coco_map import coco_bbox_eval
+        from ..metrics.coco_map import coco_bbox_eval, xyxy_results
 
-        dets = self.coco_detections(predictions, dataset)
+        # the rows of coco_detections as one array (the same numbers, no dict per detection)
         img_ids = [dataset.image_id(k) for k in predictions]
+        dets = xyxy_results(zip(img_ids, predictions.values(), strict=True), self.category_map(dataset))
         return coco_bbox_eval(dataset.coco_gt(), dets, img_ids)
 
 
