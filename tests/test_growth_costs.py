@@ -66,6 +66,39 @@ def test_slow_encode_rows_are_committed_as_they_come(store: Store) -> None:
         assert committed(store) == i + 1
 
 
+
+def test_rows_waiting_behind_a_slow_encode_are_committed_while_it_runs(store: Store) -> None:
+    """Fast encodes finish, then a slow one runs: the executor's idle calls commit the fast rows meanwhile, so
+    an interrupt or a crash during the slow encode keeps them (and Ctrl-C tests can see them)."""
+    import threading
+
+    from vcmbench.executors.local import LocalExecutor
+
+    rows = EncodeRows(store, seconds=0.2)
+    release = threading.Event()
+    seen_while_slow: list[int] = []
+
+    def job(i: int) -> int:
+        if i == 3:  # the slow one: done once the fast rows were seen committed (or after 20 s)
+            release.wait(20)
+        return i
+
+    def idle() -> None:
+        rows.idle()
+        if committed(store) == 3 and not release.is_set():
+            seen_while_slow.append(committed(store))
+            release.set()
+
+    with LocalExecutor(2) as ex:
+        for out in ex.unordered(job, range(4), idle=idle):
+            rows.add(encode_row(store, out.value))
+    rows.flush()
+    assert seen_while_slow == [3] and committed(store) == 4
+    waiting = EncodeRows(store, seconds=3600.0)
+    waiting.add(encode_row(store, 9))
+    waiting.idle()  # too soon: the row keeps waiting for its batch
+    assert committed(store) == 4
+
 def test_bitstreams_are_on_disk_before_their_rows_are_committed(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[str] = []
     monkeypatch.setattr(store_module, "sync_filesystem", lambda path: False)  # no syncfs: an fsync per blob
@@ -101,7 +134,7 @@ class InterruptedEncodes:
     def __init__(self, finish: int) -> None:
         self.finish = finish
 
-    def encode(self, jobs: Any) -> Any:
+    def encode(self, jobs: Any, idle: Any = None) -> Any:
         for job in list(jobs)[: self.finish]:
             yield Outcome(job, EncodeResult(job.key.encode(), 4, 4, 1, {}, 0.001))
         raise KeyboardInterrupt

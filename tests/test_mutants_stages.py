@@ -263,7 +263,7 @@ class SpyExecutor(LocalExecutor):
         self.encoded: list[list[str]] = []
         self.batches: list[int] = []
 
-    def encode(self, jobs: Any) -> Any:
+    def encode(self, jobs: Any, idle: Any = None) -> Any:
         jobs = list(jobs)
         self.encoded.append([j.key for j in jobs])
         return super().encode(jobs)
@@ -480,7 +480,7 @@ def test_encode_rows_are_committed_in_batches_or_after_a_while(tmp_path: Path) -
 class InterruptedAfterTwo(LocalExecutor):
     """The local executor, interrupted (Ctrl-C) after its second finished encode."""
 
-    def encode(self, jobs: Any) -> Any:
+    def encode(self, jobs: Any, idle: Any = None) -> Any:
         for n, out in enumerate(super().encode(jobs)):
             if n == 2:
                 raise KeyboardInterrupt

@@ -331,7 +331,10 @@ def test_ctrl_c_cancels_running_encodes_and_keeps_finished_units(
     db = out / "vcmbench.db"
     deadline = time.monotonic() + 300  # a wait, not a timing: it ends as soon as the state is reached
     while time.monotonic() < deadline and proc.poll() is None:
-        done = db.exists() and _rows(db, "SELECT COUNT(*) FROM encodes WHERE codec='jpeg' AND status='done'")[0][0]
+        try:
+            done = db.exists() and _rows(db, "SELECT COUNT(*) FROM encodes WHERE codec='jpeg' AND status='done'")[0][0]
+        except sqlite3.OperationalError:  # the store is being created: its tables are not there yet
+            done = 0
         if done == N_IMAGES and len(_encoders_under(os.getpid())) == 2:  # JPEG done, two VVenC encodes running
             break
         time.sleep(0.1)

@@ -111,10 +111,10 @@ def test_encodes_are_submitted_largest_source_file_first(
     submitted: list[EncodeJob] = []
     encode = LocalExecutor.encode
 
-    def spy(self: LocalExecutor, jobs: Any) -> Any:
+    def spy(self: LocalExecutor, jobs: Any, idle: Any = None) -> Any:
         jobs = list(jobs)
         submitted.extend(jobs)
-        return encode(self, jobs)
+        return encode(self, jobs, idle)
 
     monkeypatch.setattr(LocalExecutor, "encode", spy)
     report = run(config(tmp_path / "out", coco, yolov5n_weights, qualities={"jpeg": [10, 40]}))

@@ -19,7 +19,7 @@ import sys
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,9 @@ from ..codecs.base import Bitstream
 from ..datasets.base import Item
 from ..errors import CodecError, VcmbenchError
 from ..media.clip import Clip, psnr
+
+#: seconds without a finished encode after which :meth:`Executor.encode` calls its ``idle`` callback
+IDLE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -255,8 +258,10 @@ class Executor(ABC):
     workers: int = 1
 
     @abstractmethod
-    def encode(self, jobs: Iterable[EncodeJob]) -> Iterator[Outcome]:
-        """Run every encode job, yielding outcomes (value: :class:`EncodeResult`) as they finish."""
+    def encode(self, jobs: Iterable[EncodeJob], idle: Callable[[], None] | None = None) -> Iterator[Outcome]:
+        """Run every encode job, yielding outcomes (value: :class:`EncodeResult`) as they finish; ``idle`` (when
+        given) is called, in the caller's thread, each time about :data:`IDLE_S` seconds pass without one (the
+        runner commits the rows of finished encodes then, instead of holding them while slow encodes run)."""
 
     @abstractmethod
     def infer(self, task: Card, jobs: Iterable[DecodeJob], batch_size: int) -> Iterator[BatchResult]:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from ..adapters import loaded_task
 from ..cards import Card
 from .base import (
+    IDLE_S,
     BatchResult,
     Decoded,
     DecodeJob,
@@ -50,8 +51,8 @@ class LocalExecutor(Executor):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # ---- the contract -----------------------------------------------------------------------
-    def encode(self, jobs: Iterable[EncodeJob]) -> Iterator[Outcome]:
-        return self.unordered(run_encode, jobs)
+    def encode(self, jobs: Iterable[EncodeJob], idle: Callable[[], None] | None = None) -> Iterator[Outcome]:
+        return self.unordered(run_encode, jobs, idle)
 
     def infer(self, task: Card, jobs: Iterable[DecodeJob], batch_size: int) -> Iterator[BatchResult]:
         model = loaded_task(task)
@@ -71,8 +72,9 @@ class LocalExecutor(Executor):
             yield predict_into(model, batch, images)
 
     # ---- generic helpers (also used by benchmarks) -------------------------------------------
-    def unordered(self, fn: Callable[[J], R], jobs: Iterable[J]) -> Iterator[Outcome]:
-        """Run ``fn`` on every job, yielding outcomes as they finish (at most 2x workers in flight)."""
+    def unordered(self, fn: Callable[[J], R], jobs: Iterable[J], idle: Callable[[], None] | None = None) -> Iterator[Outcome]:
+        """Run ``fn`` on every job, yielding outcomes as they finish (at most 2x workers in flight); ``idle`` is
+        called each time :data:`~vcmbench.executors.base.IDLE_S` seconds pass without one."""
         it = iter(jobs)
         running: dict[Future[R], J] = {}
 
@@ -87,7 +89,9 @@ class LocalExecutor(Executor):
         submit_more()
         try:
             while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait(running, timeout=IDLE_S if idle else None, return_when=FIRST_COMPLETED)
+                if not done and idle is not None:
+                    idle()
                 for fut in done:
                     job = running.pop(fut)
                     exc = fut.exception()

@@ -47,6 +47,7 @@ from ..adapters import loaded_task
 from ..cards import Card
 from ..errors import VcmbenchError
 from .base import (
+    IDLE_S,
     BatchResult,
     Decoded,
     DecodeJob,
@@ -299,8 +300,9 @@ class RayExecutor(Executor):
             self._inflight.discard(ref)
 
     # ---- encodes -----------------------------------------------------------------------------
-    def encode(self, jobs: Iterable[EncodeJob]) -> Iterator[Outcome]:
+    def encode(self, jobs: Iterable[EncodeJob], idle: Callable[[], None] | None = None) -> Iterator[Outcome]:
         limit = self.max_in_flight or 2 * self._slots()
+        quiet_since = time.monotonic()
         it = iter(jobs)
         running: dict[ray.ObjectRef, EncodeJob] = {}
         try:
@@ -312,6 +314,11 @@ class RayExecutor(Executor):
                 if not running:
                     return
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=_POLL_S)
+                if ready:
+                    quiet_since = time.monotonic()
+                elif idle is not None and time.monotonic() - quiet_since >= IDLE_S:
+                    idle()
+                    quiet_since = time.monotonic()
                 for ref in ready:
                     job = running.pop(ref)
                     self._inflight.discard(ref)

@@ -24,7 +24,8 @@ ENCODE_FLUSH_S = 1.0
 
 class EncodeRows:
     """Encode rows waiting for their commit. A row is committed (with its bitstream made durable first) once
-    :data:`ENCODE_BATCH` rows wait or :data:`ENCODE_FLUSH_S` seconds have passed since the last commit, and on
+    :data:`ENCODE_BATCH` rows wait or :data:`ENCODE_FLUSH_S` seconds have passed since the last commit, also
+    while slow encodes keep any new row from arriving (:meth:`idle`, which the executor calls), and on
     :meth:`flush` (the stage's end, an interrupt, an error); a killed process loses at most those rows, whose
     bitstreams stay in the cache."""
 
@@ -38,6 +39,11 @@ class EncodeRows:
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
         if len(self.rows) >= self.batch or time.monotonic() - self.last >= self.seconds:
+            self.flush()
+
+    def idle(self) -> None:
+        """Called while no encode finishes (slow encodes running): commit the rows that have waited long enough."""
+        if self.rows and time.monotonic() - self.last >= self.seconds:
             self.flush()
 
     def flush(self) -> None:
@@ -71,9 +77,9 @@ def encode_stage(ctx: RunContext, units: Sequence[WorkUnit], executor: Executor)
     todo = [k for k in jobs if not (k in have and store.has_blob(have[k]))]
     if not todo:
         return
-    outcomes = executor.encode(longest_first(jobs[k] for k in todo))
-    bar = progress(outcomes, ctx.progress, total=len(todo), desc="encode")
     rows = EncodeRows(store)
+    outcomes = executor.encode(longest_first(jobs[k] for k in todo), idle=rows.idle)
+    bar = progress(outcomes, ctx.progress, total=len(todo), desc="encode")
     try:
         for out in bar:
             rows.add(encode_row(ctx, out, where[out.job.key]))
