@@ -70,6 +70,8 @@ PREDICTION_COLUMNS = frozenset(
 ITEM_COLUMNS = ("task", "codec", "quality", "item_id", "status", "error", "encode_key", "infer_s")
 
 #: the rate columns a unit has, and each group of a clip dataset has of its own
+#: keys bound in one ``IN (...)`` query (well under SQLite's limit on bound parameters)
+KEYS_PER_QUERY = 500
 GROUP_RATE_COLUMNS = ("bpp", "bpp_mean", "psnr", "nbytes", "pixels", "kbps", "encode_s", "decode_s")
 
 
@@ -217,30 +219,29 @@ class Store:
         )
         return digest
 
+    def rows_for_keys(self, sql: str, keys: Iterable[str]) -> Iterator[sqlite3.Row]:
+        """The rows of ``sql`` (whose ``{keys}`` stands for the placeholders of an ``IN`` list) for every key,
+        :data:`KEYS_PER_QUERY` keys a query (SQLite's limit on bound parameters)."""
+        keys = list(keys)
+        for i in range(0, len(keys), KEYS_PER_QUERY):
+            chunk = keys[i : i + KEYS_PER_QUERY]
+            yield from self.conn.execute(sql.format(keys=",".join("?" * len(chunk))), chunk)
+
     # ---- encodes -----------------------------------------------------------------------------
     def encode_records(self, keys: Iterable[str]) -> dict[str, EncodeRecord]:
         out: dict[str, EncodeRecord] = {}
-        keys = list(keys)
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            q = f"SELECT * FROM encodes WHERE key IN ({','.join('?' * len(chunk))})"
-            for r in self.conn.execute(q, chunk):
-                out[r["key"]] = EncodeRecord(
-                    key=r["key"], status=r["status"], error=r["error"], blob=r["blob"], nbytes=r["nbytes"],
-                    width=r["width"], height=r["height"], frames=r["frames"], meta=json.loads(r["meta"] or "{}"),
-                    encode_s=r["encode_s"], decode_s=r["decode_s"], psnr=r["psnr"],
-                )  # fmt: skip
+        for r in self.rows_for_keys("SELECT * FROM encodes WHERE key IN ({keys})", keys):
+            out[r["key"]] = EncodeRecord(
+                key=r["key"], status=r["status"], error=r["error"], blob=r["blob"], nbytes=r["nbytes"],
+                width=r["width"], height=r["height"], frames=r["frames"], meta=json.loads(r["meta"] or "{}"),
+                encode_s=r["encode_s"], decode_s=r["decode_s"], psnr=r["psnr"],
+            )  # fmt: skip
         return out
 
     def encode_blobs(self, keys: Iterable[str]) -> dict[str, str]:
         """Encode key -> blob digest of the finished encodes among ``keys`` (what resuming needs to know)."""
-        out: dict[str, str] = {}
-        keys = list(keys)
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            q = f"SELECT key, blob FROM encodes WHERE status='done' AND key IN ({','.join('?' * len(chunk))})"
-            out.update({r["key"]: r["blob"] for r in self.conn.execute(q, chunk) if r["blob"]})
-        return out
+        q = "SELECT key, blob FROM encodes WHERE status='done' AND key IN ({keys})"
+        return {r["key"]: r["blob"] for r in self.rows_for_keys(q, keys) if r["blob"]}
 
     def put_encodes(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Encode rows in one transaction, after the blobs written meanwhile are put on disk (:meth:`sync_blobs`):
@@ -265,27 +266,17 @@ class Store:
 
     # ---- predictions -------------------------------------------------------------------------
     def prediction_status(self, keys: Iterable[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        keys = list(keys)
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            q = f"SELECT key, status FROM predictions WHERE key IN ({','.join('?' * len(chunk))})"
-            out.update({r["key"]: r["status"] for r in self.conn.execute(q, chunk)})
-        return out
+        q = "SELECT key, status FROM predictions WHERE key IN ({keys})"
+        return {r["key"]: r["status"] for r in self.rows_for_keys(q, keys)}
 
     def predictions(self, keys: Iterable[str], columns: Sequence[str] = ()) -> dict[str, sqlite3.Row]:
         """Prediction rows by key: every column, or ``columns`` (and ``key``) only."""
-        out: dict[str, sqlite3.Row] = {}
-        keys = list(keys)
         unknown = set(columns) - PREDICTION_COLUMNS
         if unknown:
             raise ValueError(f"predictions: no column(s) {sorted(unknown)}; the table has {sorted(PREDICTION_COLUMNS)}")
         cols = ",".join(["key", *columns]) if columns else "*"
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            q = f"SELECT {cols} FROM predictions WHERE key IN ({','.join('?' * len(chunk))})"
-            out.update({r["key"]: r for r in self.conn.execute(q, chunk)})
-        return out
+        q = f"SELECT {cols} FROM predictions WHERE key IN ({{keys}})"
+        return {r["key"]: r for r in self.rows_for_keys(q, keys)}
 
     def put_predictions(self, rows: Iterable[Mapping[str, Any]]) -> None:
         now = time.time()
@@ -379,14 +370,9 @@ class Store:
     def encode_origins(self, pred_keys: Iterable[str]) -> list[tuple[int, int, str | None]]:
         """(width, height, run id) of the finished encode behind each of these predictions: the size it coded
         and the run that encoded it (whose machine its ``encode_s`` was measured on)."""
-        out: list[tuple[int, int, str | None]] = []
-        keys = list(pred_keys)
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            q = f"""SELECT c.width, c.height, c.run_id FROM predictions p JOIN encodes c ON c.key = p.encode_key
-                    WHERE p.key IN ({','.join('?' * len(chunk))}) AND c.status = 'done'"""
-            out.extend((r["width"], r["height"], r["run_id"]) for r in self.conn.execute(q, chunk))
-        return out
+        q = """SELECT c.width, c.height, c.run_id FROM predictions p JOIN encodes c ON c.key = p.encode_key
+               WHERE p.key IN ({keys}) AND c.status = 'done'"""
+        return [(r["width"], r["height"], r["run_id"]) for r in self.rows_for_keys(q, pred_keys)]
 
     def per_item_rows(self, run_id: str) -> list[dict[str, Any]]:
         """Per-image rows (rate, times, status) of every unit of a run, for CSV/Parquet export."""
