@@ -268,13 +268,7 @@ def read_yuv_clip(
     count = total - start if count is None else count
     if start < 0 or count < 1 or start + count > total:
         raise ValueError(f"{path}: frames {start}..{start + count - 1} asked, the file has {total} (0..{total - 1})")
-    out = np.empty((count, height, width, 3), dtype=np.uint8)
-    with open(path, "rb") as f:
-        f.seek(start * n)
-        for i in range(count):
-            buf = f.read(n)
-            out[i] = yuv420_to_rgb(*bytes_to_planes(buf, width, height, fmt), width, height, fmt)
-    return out
+    return YUVFrames(Path(path), width, height, fmt, start, count).read(0, count)
 
 
 def clip_to_yuv_bytes(clip: Clip | np.ndarray, fmt: YUVFormat) -> bytes:
@@ -291,14 +285,6 @@ def write_clip_yuv(clip: Clip, out: BinaryIO, fmt: YUVFormat) -> int:
         for f in frames:
             written += out.write(rgb_to_yuv_bytes(f, fmt))
     return written
-
-
-def yuv_bytes_to_frames(data: bytes, width: int, height: int, frames: int, fmt: YUVFormat) -> np.ndarray:
-    """T x H x W x 3 RGB of the first ``frames`` frames of a planar 4:2:0 buffer."""
-    out = np.empty((frames, height, width, 3), dtype=np.uint8)
-    for i in range(frames):
-        out[i] = yuv420_to_rgb(*bytes_to_planes(data, width, height, fmt, frame=i), width, height, fmt)
-    return out
 
 
 def read_video_file(path: str | Path, max_frames: int | None = None) -> Clip:
