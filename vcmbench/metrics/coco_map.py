@@ -39,7 +39,9 @@ __all__ = [
     "coco_segm_eval",
     "encode_masks",
     "resolve_backend",
+    "result_dicts",
     "round_like_python",
+    "xyxy_bbox_eval",
     "xyxy_results",
 ]
 
@@ -149,7 +151,7 @@ def coco_bbox_eval(
 def _bbox_eval(coco_gt: Any, detections: Iterable[Mapping[str, Any]] | np.ndarray, img_ids: Iterable[int],
                verbose: bool, backend: str) -> dict[str, float]:  # fmt: skip
     ids = sorted({int(i) for i in img_ids})
-    dets = _result_dicts(detections) if isinstance(detections, np.ndarray) else [dict(d) for d in detections]
+    dets = result_dicts(detections) if isinstance(detections, np.ndarray) else [dict(d) for d in detections]
     if not ids or not dets:
         return dict.fromkeys(BBOX_METRICS, 0.0)
     known = set(coco_gt.getImgIds())
@@ -168,7 +170,7 @@ def _bbox_eval(coco_gt: Any, detections: Iterable[Mapping[str, Any]] | np.ndarra
     return {name: float(ev.stats[i]) for name, i in BBOX_METRICS.items()}
 
 
-def _result_dicts(rows: np.ndarray) -> list[dict[str, Any]]:
+def result_dicts(rows: np.ndarray) -> list[dict[str, Any]]:
     """N x 7 result rows -> the detection dicts the evaluators' ``loadRes`` takes (Python numbers, so exactly
     what a list of dicts with the same values gives; the evaluators' own array loaders go row by row through
     numpy scalars, about 1.5x slower)."""
@@ -228,6 +230,14 @@ def xyxy_results(per_image: Iterable[tuple[int, Any]], cats: Mapping[int, int]) 
     out = np.column_stack([image, round_like_python(x1, 3), round_like_python(y1, 3), round_like_python(x2 - x1, 3),
                            round_like_python(y2 - y1, 3), round_like_python(score, 5), category])  # fmt: skip
     return out[known]
+
+
+def xyxy_bbox_eval(predictions: Mapping[str, Any], dataset: Any, cats: Mapping[int, int]) -> dict[str, float]:
+    """COCO box metrics of per-item ``[[x1, y1, x2, y2, score, class], ...]`` predictions (item id -> rows) on a
+    dataset with COCO ground truth (its ``image_id(item_id)`` and ``coco_gt()``), through :func:`xyxy_results`."""
+    img_ids = [dataset.image_id(k) for k in predictions]
+    dets = xyxy_results(zip(img_ids, predictions.values(), strict=True), cats)
+    return coco_bbox_eval(dataset.coco_gt(), dets, img_ids)
 
 
 def _chunks(flat: list[Any], counts: list[int]) -> Iterable[list[Any]]:

@@ -267,12 +267,10 @@ class UltralyticsDetectTask(UltralyticsYOLOTask):
         return [self._boxes(r) for r in self._results(images)]
 
     def evaluate(self, predictions: Mapping[str, Any], dataset: Any) -> dict[str, float]:
-        from ..metrics.coco_map import coco_bbox_eval, xyxy_results
+        from ..metrics.coco_map import xyxy_bbox_eval
 
         # one array of result rows, not a dict per detection; classes of no category of the dataset left out
-        img_ids = [dataset.image_id(k) for k in predictions]
-        dets = xyxy_results(zip(img_ids, predictions.values(), strict=True), self.category_map(dataset))
-        return coco_bbox_eval(dataset.coco_gt(), dets, img_ids)
+        return xyxy_bbox_eval(predictions, dataset, self.category_map(dataset))
 
 
 @register("task", "ultralytics_segment")

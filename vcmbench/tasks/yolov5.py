@@ -417,31 +417,16 @@ class YOLOv5Task(Task):
 
     def coco_detections(self, predictions: Mapping[str, Any], dataset: Any) -> list[dict[str, Any]]:
         """COCO results-format dicts (xywh boxes, rounded like val.py's JSON export); detections of classes
-        that map to no category of the dataset are left out."""
-        cats = self.category_map(dataset)
-        dets = []
-        for item_id, boxes in predictions.items():
-            image_id = dataset.image_id(item_id)
-            for x1, y1, x2, y2, score, cls in boxes:
-                if int(cls) not in cats:
-                    continue
-                dets.append(
-                    {
-                        "image_id": image_id,
-                        "category_id": cats[int(cls)],
-                        "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                        "score": round(score, 5),
-                    }
-                )
-        return dets
+        that map to no category of the dataset are left out. The rows :meth:`evaluate` scores, as dicts."""
+        from ..metrics.coco_map import result_dicts, xyxy_results
+
+        pairs = ((dataset.image_id(k), boxes) for k, boxes in predictions.items())
+        return result_dicts(xyxy_results(pairs, self.category_map(dataset)))
 
     def evaluate(self, predictions: Mapping[str, Any], dataset: Any) -> dict[str, float]:
-        from ..metrics.coco_map import coco_bbox_eval, xyxy_results
+        from ..metrics.coco_map import xyxy_bbox_eval
 
-        # the rows of coco_detections as one array (the same numbers, no dict per detection)
-        img_ids = [dataset.image_id(k) for k in predictions]
-        dets = xyxy_results(zip(img_ids, predictions.values(), strict=True), self.category_map(dataset))
-        return coco_bbox_eval(dataset.coco_gt(), dets, img_ids)
+        return xyxy_bbox_eval(predictions, dataset, self.category_map(dataset))
 
 
 def _to_lists(det: torch.Tensor) -> list[list[float]]:
