@@ -84,11 +84,17 @@ def prepare(work: Path, module: dict, settings: dict, keep: bool) -> None:
     (work / "setup.cfg").write_text(setup_cfg(module, settings))
 
 
+def mutmut_env() -> dict[str, str]:
+    """mutmut's environment: one thread, the built-in cards of this repository, the shared data folder."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", VCMBENCH_CARDS_ROOT=str(REPO))
+    env.setdefault("VCMBENCH_SHARED", str(REPO.parent / "shared"))
+    return env
+
+
 def run_mutmut(work: Path, workers: int, log: Path, names: list[str] | None = None) -> float:
     """Run mutmut in ``work`` (only the mutants ``names``, where given); its output goes to ``log``.
     Returns the wall time in seconds."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", VCMBENCH_CARDS_ROOT=str(REPO))
-    env.setdefault("VCMBENCH_SHARED", str(REPO.parent / "shared"))
+    env = mutmut_env()
     start = time.monotonic()
     with log.open("w") as out:
         proc = subprocess.run(
@@ -109,8 +115,7 @@ NO_MUTANT = "vcmbench.no_such_function__mutmut_0"
 
 def generate_only(work: Path, log: Path) -> None:
     """Generate a module's mutants and mutmut's test statistics without running a mutant."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", VCMBENCH_CARDS_ROOT=str(REPO))
-    env.setdefault("VCMBENCH_SHARED", str(REPO.parent / "shared"))
+    env = mutmut_env()
     with log.open("w") as out:
         subprocess.run([sys.executable, "-m", "mutmut", "run", NO_MUTANT], cwd=work, env=env,
                        stdout=out, stderr=subprocess.STDOUT, check=False)  # fmt: skip
