@@ -32,8 +32,9 @@ from ..datasets.base import Item
 from ..errors import CodecError, VcmbenchError
 from ..media.clip import Clip, psnr
 
-#: seconds without a finished encode after which :meth:`Executor.encode` calls its ``idle`` callback
-IDLE_S = 1.0
+#: seconds without a finished encode after which :meth:`Executor.encode` calls its ``idle`` callback (short
+#: against a slow encode, long against the gaps between fast ones, whose rows are committed in batches)
+IDLE_S = 0.25
 
 
 @dataclass(frozen=True)

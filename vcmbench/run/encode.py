@@ -42,8 +42,9 @@ class EncodeRows:
             self.flush()
 
     def idle(self) -> None:
-        """Called while no encode finishes (slow encodes running): commit the rows that have waited long enough."""
-        if self.rows and time.monotonic() - self.last >= self.seconds:
+        """Called by the executor once :data:`~vcmbench.executors.base.IDLE_S` seconds pass without a finished
+        encode (slow encodes running): the rows waiting are committed now, not when the slow encodes end."""
+        if self.rows:
             self.flush()
 
     def flush(self) -> None:
