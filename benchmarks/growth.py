@@ -1,6 +1,7 @@
 """Growth to COCO-val size: how the harness's own cost grows with the number of images.
 
     python benchmarks/growth.py [--sizes 64,640,5000] [--out DIR] [--rerun] [--cold-pandas]
+                                [--img-size N] [--background-scoring auto|on|off]
 
 The same grid -- a JPEG ladder plus the uncompressed reference x the synth detector (``synth_det``) -- is run
 on generated synth images of each size, each in a fresh output folder and in its own process (so peak memory
@@ -23,8 +24,11 @@ prints its wall time as a share of the first.
 Choices (2 cores): images are small (``--width`` x ``--height``, default 160 x 120) and the detector runs at
 ``--img-size`` 160 (its card says 320), so that a 5,000-image grid of 3 JPEG qualities + the reference
 (20,000 predictions) takes minutes; the model's and codecs' speed are what they are, only the harness's own
-time is in question. torch, ultralytics and (unless ``--cold-pandas``) pandas are imported before the timing:
-import costs are fixed, not growth. Results and the before/after tables: ``benchmarks/README.md``.
+time is in question. torch, torchvision (which ultralytics imports at its first prediction), ultralytics and
+(unless ``--cold-pandas``) pandas are imported before the timing: import costs are fixed, not growth.
+``--background-scoring`` is the run's option (``auto`` is off without a GPU). Each size also prints, on
+stderr, its stages' seconds and the time of each store write method. Results and the before/after tables:
+``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def instrument(seconds: dict[str, float]) -> None:
     from vcmbench.store import Store
 
     for name in WRITES:
-        setattr(Store, name, timed(seconds, "writes", getattr(Store, name)))
+        setattr(Store, name, timed(seconds, "writes", timed(seconds, f"w.{name}", getattr(Store, name))))
     for name in READS:
         setattr(Store, name, timed(seconds, "reads", getattr(Store, name)))
     runner.resolve = timed(seconds, "plan", runner.resolve)
@@ -95,6 +99,7 @@ def config(args: argparse.Namespace, n: int) -> Any:
         codecs=["jpeg"], tasks=["synth_det"], datasets=["synth"], qualities={"jpeg": args.qualities.split(",")},
         overrides={"synth": synth_settings(args, n), "synth_det": {"img_size": args.img_size, "device": "cpu"}},
         out=str(Path(args.out) / f"n{n}"), progress=False, workers=args.workers, coco_eval=args.coco_eval,
+        background_scoring=args.background_scoring,
     )  # fmt: skip
 
 
@@ -118,6 +123,7 @@ def measure(args: argparse.Namespace, n: int) -> dict[str, Any]:
     if not args.cold_pandas:
         import pandas  # noqa: F401  (import costs are not growth: 2-3 s for pandas here, where no .pyc is written)
     import torch  # noqa: F401
+    import torchvision  # noqa: F401  (ultralytics imports it lazily, at its first prediction: 8 s here)
     import ultralytics  # noqa: F401
 
     from vcmbench.adapters import build
@@ -147,7 +153,8 @@ def measure(args: argparse.Namespace, n: int) -> dict[str, Any]:
         "n": n, "wall": wall, "work": work, "preds": preds, "status": report.status, "done": dict(report.work),
         **{k: seconds.get(k, 0.0) for k in ("plan", "writes", "reads", "score", "eval", "report")},
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "store_mb": store_bytes(root) / 2**20,
-        "load": (load + os.getloadavg()[0]) / 2,
+        "load": (load + os.getloadavg()[0]) / 2, "stages": report.stage_seconds,
+        "detail": {k: round(v, 2) for k, v in seconds.items() if k.startswith("w.")},
     }  # fmt: skip
 
 
@@ -184,6 +191,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--img-size", type=int, default=160, help="synth_det's inference size [160]")
     ap.add_argument("--workers", type=int, default=None, help="executor threads [one per core]")
     ap.add_argument("--coco-eval", default=None, help="COCO mAP backend [faster_coco_eval]")
+    ap.add_argument("--background-scoring", default="auto", choices=["auto", "on", "off"],
+                    help="score finished units in a background process while the model infers [auto]")
     ap.add_argument("--rerun", action="store_true", help="run the largest size again in its finished folder")
     ap.add_argument("--keep", action="store_true", help="keep earlier stores of the same sizes (default: fresh)")
     ap.add_argument("--cold-pandas", action="store_true",
@@ -211,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.keep:
             shutil.rmtree(Path(args.out) / f"n{n}", ignore_errors=True)
         rows.append(child(args, n))
-        print(f"  {n} images: {rows[-1]['wall']:.1f} s", file=sys.stderr, flush=True)
+        print(f"  {n} images: {rows[-1]['wall']:.1f} s; stages {rows[-1]['stages']}; writes {rows[-1]['detail']}",
+              file=sys.stderr, flush=True)
     print(f"JPEG q {args.qualities} + reference x synth_det@{args.img_size}, {args.width}x{args.height} images, "
           f"{os.cpu_count()} cores")  # fmt: skip
     print(table(rows))

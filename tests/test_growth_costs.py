@@ -135,7 +135,8 @@ class InterruptedEncodes:
     def __init__(self, finish: int) -> None:
         self.finish = finish
 
-    def encode(self, jobs: Any, idle: Any = None) -> Any:
+    def encode(self, jobs: Any, idle: Any = None, keep: Any = None) -> Any:
+        # like Ray's: the bitstreams come back and the driver stores them (``keep`` is not called here)
         for job in list(jobs)[: self.finish]:
             yield Outcome(job, EncodeResult(job.key.encode(), 4, 4, 1, {}, 0.001))
         raise KeyboardInterrupt
@@ -195,3 +196,33 @@ def test_items_csv_does_not_read_the_predictions(store: Store) -> None:
         store.predictions(["p1"], ["nope"])
     table = {r["name"] for r in store.conn.execute("PRAGMA table_info(predictions)")}
     assert store_module.PREDICTION_COLUMNS == table and set(store_module.ITEM_COLUMNS) < table
+
+
+def test_local_workers_store_the_bitstreams_the_driver_commits_the_rows(store: Store) -> None:
+    """The local executor's workers write the bitstream files (``keep``), so the driver's thread only commits
+    rows; each result names its bitstream by its sha256, on disk in the store's cache."""
+    import hashlib
+    import threading
+
+    from vcmbench.adapters import build
+    from vcmbench.cards import CardSet
+    from vcmbench.executors.base import EncodeJob
+    from vcmbench.executors.local import LocalExecutor
+
+    cards = CardSet()
+    codec, ds = cards.get("codec", "jpeg"), cards.get("dataset", "synth")
+    jobs = [EncodeJob(f"k{it.id}-{q}", codec, q, ds, it) for it in build(ds).items(limit=3) for q in (10, 80)]
+    writers: list[str] = []
+
+    def keep(data: bytes) -> str:
+        writers.append(threading.current_thread().name)
+        return store.put_blob(data, durable=False)
+
+    with LocalExecutor(2) as ex:
+        outs = list(ex.encode(jobs, keep=keep))
+    assert len(outs) == 6 and all(o.error is None for o in outs)
+    for o in outs:
+        assert o.value.blob == hashlib.sha256(o.value.data).hexdigest() and store.has_blob(o.value.blob)
+    assert len(writers) == 6 and threading.current_thread().name not in writers
+    with LocalExecutor(1) as ex:  # without keep the caller stores them (as with Ray)
+        assert all(o.value.blob is None for o in ex.encode(jobs[:1]))

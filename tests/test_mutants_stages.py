@@ -263,10 +263,10 @@ class SpyExecutor(LocalExecutor):
         self.encoded: list[list[str]] = []
         self.batches: list[int] = []
 
-    def encode(self, jobs: Any, idle: Any = None) -> Any:
+    def encode(self, jobs: Any, idle: Any = None, keep: Any = None) -> Any:
         jobs = list(jobs)
         self.encoded.append([j.key for j in jobs])
-        return super().encode(jobs)
+        return super().encode(jobs, idle, keep)
 
     def infer(self, task: Any, jobs: Any, batch_size: int) -> Any:
         self.batches.append(batch_size)
@@ -480,8 +480,8 @@ def test_encode_rows_are_committed_in_batches_or_after_a_while(tmp_path: Path) -
 class InterruptedAfterTwo(LocalExecutor):
     """The local executor, interrupted (Ctrl-C) after its second finished encode."""
 
-    def encode(self, jobs: Any, idle: Any = None) -> Any:
-        for n, out in enumerate(super().encode(jobs)):
+    def encode(self, jobs: Any, idle: Any = None, keep: Any = None) -> Any:
+        for n, out in enumerate(super().encode(jobs, idle, keep)):
             if n == 2:
                 raise KeyboardInterrupt
             yield out

@@ -111,10 +111,10 @@ def test_encodes_are_submitted_largest_source_file_first(
     submitted: list[EncodeJob] = []
     encode = LocalExecutor.encode
 
-    def spy(self: LocalExecutor, jobs: Any, idle: Any = None) -> Any:
+    def spy(self: LocalExecutor, jobs: Any, idle: Any = None, keep: Any = None) -> Any:
         jobs = list(jobs)
         submitted.extend(jobs)
-        return encode(self, jobs, idle)
+        return encode(self, jobs, idle, keep)
 
     monkeypatch.setattr(LocalExecutor, "encode", spy)
     report = run(config(tmp_path / "out", coco, yolov5n_weights, qualities={"jpeg": [10, 40]}))
@@ -132,6 +132,9 @@ def test_longest_first_is_stable_and_puts_unreadable_files_last(tmp_path: Path) 
     jobs = [EncodeJob(f"{k}{q}", None, q, None, Item(k, files[k])) for k in "abcd" for q in (1, 2)]  # type: ignore[arg-type]
     jobs.insert(3, EncodeJob("gone", None, 1, None, Item("gone", tmp_path / "missing")))  # type: ignore[arg-type]
     assert [j.key for j in longest_first(jobs)] == ["b1", "b2", "d1", "d2", "a1", "a2", "c1", "c2", "gone"]
+    # a quality ladder's jobs come quality by quality: files of one size are grouped, each file's jobs together
+    ladder = [EncodeJob(f"{k}{q}", None, q, None, Item(k, files[k])) for q in (1, 2) for k in "ca"]  # type: ignore[arg-type]
+    assert [j.key for j in longest_first(ladder)] == ["a1", "a2", "c1", "c2"]
 
 
 def test_both_coco_backends_give_the_same_run_table_and_provenance_names_the_one_used(
@@ -352,7 +355,7 @@ def test_cancelled_background_scorer_stops_its_process_at_once(tmp_path: Path) -
     task, ds = cards.get("task", "synth_det"), cards.get("dataset", "synth")
     items = build(ds).items(limit=2)
     scorer = BackgroundScorer(log=lambda m: None)
-    scorer.submit("unit", task, ds, items, {it.id: [] for it in items})
+    scorer.submit("unit", task, ds, items, {it.id: "[]" for it in items})
     proc = scorer._proc
     assert proc is not None and proc.poll() is None
     scorer.close(cancel=True)  # Ctrl-C: the run keeps what it stored and does not wait for the scorer

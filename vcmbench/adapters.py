@@ -24,7 +24,6 @@ from .cards import Card, CardError
 from .codecs.base import Codec
 from .datasets.base import Dataset
 from .errors import VcmbenchError
-from .media.hashing import stable_hash
 from .registry import REGISTRIES, RegistryError, import_string
 from .tasks.base import Task
 
@@ -102,13 +101,9 @@ _LOADED: set[str] = set()
 _LOCK = threading.Lock()
 
 
-def _card_key(card: Card) -> str:
-    return stable_hash({"kind": card.kind, "name": card.name, "adapter": card.adapter, "settings": dict(card.settings)})
-
-
 def cached(card: Card) -> Any:
     """The adapter a card describes, built once per process."""
-    key = _card_key(card)
+    key = card.build_key
     obj = _CACHE.get(key)
     if obj is None:
         with _LOCK:
@@ -122,7 +117,7 @@ def cached(card: Card) -> Any:
 def loaded_task(card: Card) -> Task:
     """The task a card describes, built and loaded (weights on its device) once per process."""
     task: Task = cached(card)
-    key = _card_key(card)
+    key = card.build_key
     if key not in _LOADED:
         with _LOCK:
             if key not in _LOADED:

@@ -11,6 +11,7 @@ values are read with YAML 1.2 rules (:mod:`vcmbench.yaml12`), so ``subsampling: 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -50,6 +51,13 @@ class Card:
     #: that rate point}; empty: every task scores every rate point (the plain cross product). Not part of the
     #: digest: which model scores a point does not change the codec's bitstreams.
     task_weights: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def build_key(self) -> str:
+        """What an adapter built from the card depends on (kind, name, adapter, settings), hashed once per card
+        object: workers look their adapter up by it for every job (:func:`vcmbench.adapters.cached`)."""
+        return stable_hash({"kind": self.kind, "name": self.name, "adapter": self.adapter,
+                            "settings": dict(self.settings)})  # fmt: skip
 
     def digest(self) -> str:
         """Stable hash of what the card says (not where it lives)."""

@@ -17,6 +17,7 @@ the driver's ``__main__``, which re-runs any script that calls vcmbench without 
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import queue
@@ -34,9 +35,18 @@ from .cards import Card
 from .contracts import ClipFrames
 from .datasets.base import Dataset, Item
 from .datasets.video import FRAME_SEP
+from .media.gcpause import no_cycle_collection
 from .tasks.base import Task
 
-__all__ = ["BackgroundScorer", "score_unit"]
+__all__ = ["BackgroundScorer", "parse_predictions", "score_unit"]
+
+
+def parse_predictions(stored: Mapping[str, str]) -> dict[str, Any]:
+    """Item id -> prediction, from item id -> the prediction's JSON text as the store holds it. The cyclic
+    garbage collector is paused meanwhile: a unit's predictions are up to millions of small lists, and each
+    collection it would start walks all of them again."""
+    with no_cycle_collection():
+        return {k: json.loads(v) for k, v in stored.items()}
 
 
 def score_unit(task: Task, ds: Dataset, items: Sequence[Item], done: Mapping[str, Any]) -> dict[str, float]:
@@ -91,7 +101,8 @@ def _yield_cpu() -> None:
 
 
 def _worker_main() -> None:
-    """Serve scoring jobs: ``(job id, task card, dataset card, items, done)`` -> ``(job id, metrics, error)``."""
+    """Serve scoring jobs: ``(job id, task card, dataset card, items, done)`` -> ``(job id, metrics, error)``;
+    ``done`` holds the stored JSON text of each finished prediction (parsed here, not in the driver)."""
     # Ctrl-C reaches the whole process group: the driver decides what stops, and it stops this process
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _yield_cpu()
@@ -110,7 +121,7 @@ def _worker_main() -> None:
             if key not in built:
                 built[key] = (build(task_card), build(ds_card))
             task, ds = built[key]
-            reply = _frame((job_id, score_unit(task, ds, items, done), None))
+            reply = _frame((job_id, score_unit(task, ds, items, parse_predictions(done)), None))
         except Exception as exc:
             reply = _frame((job_id, None, f"{type(exc).__name__}: {exc}"))
         out.write(reply)

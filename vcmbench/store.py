@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -135,6 +136,8 @@ class Store:
         self._migrate()
         #: blobs written with ``durable=False`` and not yet flushed to disk (:meth:`sync_blobs`)
         self._unsynced: list[Path] = []
+        #: put_blob runs in encode workers too (:meth:`Executor.encode`'s ``keep``)
+        self._unsynced_lock = threading.Lock()
 
     def _migrate(self) -> None:
         """Columns added after a store was first written (old stores keep working, the column is empty)."""
@@ -176,7 +179,7 @@ class Store:
         path = self.blob_path(digest)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}.{time.monotonic_ns()}")
+            tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}")
             with open(tmp, "wb") as f:
                 f.write(data)
                 if durable:
@@ -184,12 +187,14 @@ class Store:
                     os.fsync(f.fileno())
             os.replace(tmp, path)
             if not durable:
-                self._unsynced.append(path)
+                with self._unsynced_lock:
+                    self._unsynced.append(path)
         return digest
 
     def sync_blobs(self) -> None:
         """Put the blobs written with ``durable=False`` on disk: one ``syncfs`` (Linux), else an fsync each."""
-        paths, self._unsynced = self._unsynced, []
+        with self._unsynced_lock:
+            paths, self._unsynced = self._unsynced, []
         if paths and not sync_filesystem(self.blob_dir):
             for path in paths:
                 fsync_file(path)

@@ -15,10 +15,13 @@ same jobs run in threads of the driver (local executor) or on a cluster (Ray).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+import threading
 import time
 import traceback
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +57,9 @@ class EncodeResult:
     frames: int
     meta: dict[str, Any]
     encode_s: float
+    #: the bitstream's name in the driver's cache when the worker stored it there (``keep`` of
+    #: :meth:`Executor.encode`); None: the driver stores ``data``
+    blob: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,7 @@ class Outcome:
 
 
 def longest_first(jobs: Iterable[EncodeJob]) -> list[EncodeJob]:
-    """Encode jobs in the order to submit them: the largest source file first (a stable sort).
+    """Encode jobs in the order to submit them: the largest source file first (a stable sort; equal sizes by path).
 
     On N slots a grid takes its total encode time / N, plus the time its last encodes run alone. Submitting
     the expensive encodes first leaves short ones for the end (longest-processing-time-first scheduling).
@@ -115,7 +121,8 @@ def longest_first(jobs: Iterable[EncodeJob]) -> list[EncodeJob]:
     On 24 coco-mini images (VVenC medium, QP 32) its correlation with encode time was 0.63, against 0.29
     for the pixel count. Replaying those measured times on 2 slots, the grid ended 0.5 s after its ideal
     (total / 2) in this order and 2.1 s after it in the dataset's order. A file that cannot be read
-    sorts last, and its encode reports the problem.
+    sorts last, and its encode reports the problem. Files of the same size are ordered by path, so the jobs
+    of one file (its qualities) follow each other and share one read of it (:class:`SourceImages`).
     """
     sizes: dict[Any, int] = {}
 
@@ -128,19 +135,105 @@ def longest_first(jobs: Iterable[EncodeJob]) -> list[EncodeJob]:
                 sizes[path] = -1
         return sizes[path]
 
-    return sorted(jobs, key=size, reverse=True)
+    return sorted(jobs, key=lambda job: (-size(job), str(job.item.path)))
+
+
+class _Source:
+    """One source image being read (``ready`` unset) or read (``image``, or the ``error`` reading it raised)."""
+
+    __slots__ = ("ready", "image", "error")
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.image: Any = None
+        self.error: BaseException | None = None
+
+
+class SourceImages:
+    """The source images last read for encoding, shared by the encode workers of a process.
+
+    A quality ladder encodes each item once per quality, and :func:`longest_first` hands out an item's jobs
+    one after another, so each image is read and decoded once for all its qualities, not once per quality
+    (on 160x120 PNGs reading took longer than a JPEG encode: ``benchmarks/growth.py``). Workers asking for an
+    image being read wait for that read. Only images (arrays) are kept, read-only, at most ``size`` of them
+    and ``max_bytes`` in all; a read that fails is not kept (every job of the item reports its error)."""
+
+    def __init__(self, size: int = 8, max_bytes: int = 256 << 20) -> None:
+        self.size = size
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, str, str], _Source] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Images kept or being read."""
+        with self._lock:
+            return len(self._entries)
+
+    def get(self, dataset: Card, item: Item) -> Any:
+        ds = cached(dataset)
+        if ds.media != "image":  # a clip is read by its encode alone, as it goes
+            return ds.load_image(item)
+        key = (dataset.build_key, item.id, str(item.path))
+        with self._lock:
+            entry = self._entries.get(key)
+            owner = entry is None
+            if entry is None:
+                entry = self._entries[key] = _Source()
+            self._entries.move_to_end(key)
+        if owner:
+            self._read(entry, key, dataset, item)
+        entry.ready.wait()
+        if entry.error is not None:
+            raise entry.error
+        return entry.image
+
+    def _read(self, entry: _Source, key: tuple[str, str, str], dataset: Card, item: Item) -> None:
+        try:
+            entry.image = cached(dataset).load_image(item)  # an array: the dataset's media is "image"
+            if isinstance(entry.image, np.ndarray):
+                entry.image.flags.writeable = False  # shared by the item's encodes: no codec may change it
+        except BaseException as exc:
+            entry.error = exc
+        finally:
+            entry.ready.set()
+            with self._lock:
+                if entry.error is not None or not isinstance(entry.image, np.ndarray):
+                    self._entries.pop(key, None)
+                self._trim()
+
+    def _trim(self) -> None:
+        """Forget the oldest finished reads beyond ``size`` entries or ``max_bytes``."""
+        def total() -> int:
+            return sum(e.image.nbytes for e in self._entries.values() if e.ready.is_set() and e.image is not None)
+
+        while len(self._entries) > self.size or (len(self._entries) > 1 and total() > self.max_bytes):
+            oldest = next((k for k, e in self._entries.items() if e.ready.is_set()), None)
+            if oldest is None:
+                return
+            del self._entries[oldest]
+
+
+#: the encode workers' source images in this process
+SOURCES = SourceImages()
 
 
 def run_encode(job: EncodeJob) -> EncodeResult:
-    """Worker side of an encode: read the item, encode it, return the bytes written."""
+    """Worker side of an encode: read the item (once for all its qualities: :class:`SourceImages`), encode it,
+    return the bytes written."""
     codec = cached(job.codec)
-    image = cached(job.dataset).load_image(job.item)
+    image = SOURCES.get(job.dataset, job.item)
     t0 = time.perf_counter()
     bs = codec.encode(image, job.quality)
     seconds = time.perf_counter() - t0
     if not bs.data:
         raise CodecError(f"{job.codec.name}: the encoder returned an empty bitstream")
     return EncodeResult(bs.data, bs.width, bs.height, bs.frames, dict(bs.meta), seconds)
+
+
+def encode_and_keep(job: EncodeJob, keep: Callable[[bytes], str]) -> EncodeResult:
+    """:func:`run_encode`, then the bitstream handed to ``keep`` (the driver's cache) in the same worker."""
+    result = run_encode(job)
+    return dataclasses.replace(result, blob=keep(result.data))
 
 
 def run_decode(job: DecodeJob) -> Decoded:
@@ -259,10 +352,16 @@ class Executor(ABC):
     workers: int = 1
 
     @abstractmethod
-    def encode(self, jobs: Iterable[EncodeJob], idle: Callable[[], None] | None = None) -> Iterator[Outcome]:
+    def encode(self, jobs: Iterable[EncodeJob], idle: Callable[[], None] | None = None,
+               keep: Callable[[bytes], str] | None = None) -> Iterator[Outcome]:  # fmt: skip
         """Run every encode job, yielding outcomes (value: :class:`EncodeResult`) as they finish; ``idle`` (when
         given) is called, in the caller's thread, each time about :data:`IDLE_S` seconds pass without one (the
-        runner commits the rows of finished encodes then, instead of holding them while slow encodes run)."""
+        runner commits the rows of finished encodes then, instead of holding them while slow encodes run).
+
+        ``keep`` (when given) stores a bitstream in the driver's cache and returns its name; an executor whose
+        workers run in the driver's process calls it there, in the worker (:func:`encode_and_keep`), so the
+        driver's thread does not write the files; one whose workers are elsewhere leaves it to the caller
+        (the result's ``blob`` stays None). ``keep`` must be safe to call from several threads at once."""
 
     @abstractmethod
     def infer(self, task: Card, jobs: Iterable[DecodeJob], batch_size: int) -> Iterator[BatchResult]:

@@ -8,6 +8,7 @@ model in the same pool while the driver thread predicts batch after batch.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +25,7 @@ from .base import (
     EncodeJob,
     Executor,
     Outcome,
+    encode_and_keep,
     predict_into,
     run_decode,
     run_encode,
@@ -51,8 +53,11 @@ class LocalExecutor(Executor):
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     # ---- the contract -----------------------------------------------------------------------
-    def encode(self, jobs: Iterable[EncodeJob], idle: Callable[[], None] | None = None) -> Iterator[Outcome]:
-        return self.unordered(run_encode, jobs, idle)
+    def encode(self, jobs: Iterable[EncodeJob], idle: Callable[[], None] | None = None,
+               keep: Callable[[bytes], str] | None = None) -> Iterator[Outcome]:  # fmt: skip
+        if keep is None:
+            return self.unordered(run_encode, jobs, idle)
+        return self.unordered(functools.partial(encode_and_keep, keep=keep), jobs, idle)
 
     def infer(self, task: Card, jobs: Iterable[DecodeJob], batch_size: int) -> Iterator[BatchResult]:
         model = loaded_task(task)

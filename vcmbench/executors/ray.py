@@ -300,7 +300,9 @@ class RayExecutor(Executor):
             self._inflight.discard(ref)
 
     # ---- encodes -----------------------------------------------------------------------------
-    def encode(self, jobs: Iterable[EncodeJob], idle: Callable[[], None] | None = None) -> Iterator[Outcome]:
+    def encode(self, jobs: Iterable[EncodeJob], idle: Callable[[], None] | None = None,
+               keep: Callable[[bytes], str] | None = None) -> Iterator[Outcome]:  # fmt: skip
+        # the workers are other processes, maybe other nodes: bitstreams come back and the driver keeps them
         limit = self.max_in_flight or 2 * self._slots()
         quiet_since = time.monotonic()
         it = iter(jobs)

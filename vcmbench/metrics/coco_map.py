@@ -20,15 +20,16 @@ crowd regions. Choose one with ``backend=`` or the environment variable ``VCMBEN
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
 import os
 import pickle
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+
+from ..media.gcpause import no_cycle_collection
 
 __all__ = [
     "BACKENDS",
@@ -81,21 +82,6 @@ def _quiet(*args: Any, **kwargs: Any) -> None:
     pass
 
 
-@contextlib.contextmanager
-def _no_cycle_collection() -> Iterator[None]:
-    """The cyclic garbage collector paused (as it was before, after): scoring builds a few hundred thousand
-    acyclic dicts and lists (detections, the evaluators' copies), which reference counting frees as always;
-    with the collector on, they also set off collections that walk every live object: 10-30 % of the scoring
-    time of a 5,000-image unit."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def _run(coco_gt: Any, dets: list[dict[str, Any]], ids: list[int], iou_type: str, backend: str, verbose: bool) -> Any:
     """Evaluate and summarize with ``backend``; returns the evaluator (its ``stats`` hold the 12 numbers)."""
     if backend == "pycocotools":
@@ -144,7 +130,7 @@ def coco_bbox_eval(
     ``map_small`` when no small objects are annotated) is -1. ``backend``: see the module docstring.
     """
     backend = resolve_backend(backend)
-    with _no_cycle_collection():
+    with no_cycle_collection():
         return _bbox_eval(coco_gt, detections, img_ids, verbose, backend)
 
 

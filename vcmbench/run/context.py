@@ -46,8 +46,10 @@ class RunContext:
         self.failures.append(Failure(stage, unit, item, error))
         self.on_failure(stage, unit, item, error)
 
-    def gather(self, u: WorkUnit) -> tuple[list[str], dict[str, Any], dict[str, Any], list[str]]:
-        """A unit's prediction keys, stored rows, finished predictions (item id -> prediction), failed items."""
+    def gather(self, u: WorkUnit, parse: bool = True) -> tuple[list[str], dict[str, Any], dict[str, Any], list[str]]:
+        """A unit's prediction keys, stored rows, finished predictions (item id -> prediction, or with ``parse``
+        False its stored JSON text, for :func:`~vcmbench.scoring.parse_predictions` when it is needed), failed
+        items."""
         items = self.res.datasets[u.dataset].items
         keys = u.prediction_keys()
         preds = self.store.predictions(keys)
@@ -56,7 +58,7 @@ class RunContext:
         for item, key in zip(items, keys, strict=True):
             row = preds.get(key)
             if row is not None and row["status"] == "done":
-                done[item.id] = json.loads(row["preds"])
+                done[item.id] = json.loads(row["preds"]) if parse else row["preds"]
             else:
                 failed.append(item.id)
         return keys, preds, done, failed

@@ -6,8 +6,9 @@ cost the driver more than a JPEG encode (``benchmarks/growth.py``)."""
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..datasets.base import Item
@@ -79,7 +80,7 @@ def encode_stage(ctx: RunContext, units: Sequence[WorkUnit], executor: Executor)
     if not todo:
         return
     rows = EncodeRows(store)
-    outcomes = executor.encode(longest_first(jobs[k] for k in todo), idle=rows.idle)
+    outcomes = executor.encode(longest_first(jobs[k] for k in todo), idle=rows.idle, keep=keep_blob(store))
     bar = progress(outcomes, ctx.progress, total=len(todo), desc="encode")
     try:
         for out in bar:
@@ -87,6 +88,11 @@ def encode_stage(ctx: RunContext, units: Sequence[WorkUnit], executor: Executor)
             show_status(bar, executor, failed=sum(f.stage == "encode" for f in ctx.failures))
     finally:
         rows.flush()
+
+
+def keep_blob(store: Store) -> Callable[[bytes], str]:
+    """Where workers put bitstreams: the store's cache, made durable with their rows' batch."""
+    return functools.partial(store.put_blob, durable=False)
 
 
 def encode_row(ctx: RunContext, out: Outcome, origin: tuple[WorkUnit, Item, str]) -> dict[str, Any]:
@@ -100,7 +106,7 @@ def encode_row(ctx: RunContext, out: Outcome, origin: tuple[WorkUnit, Item, str]
     if out.error is None:
         r: EncodeResult = out.value
         row.update(
-            blob=ctx.store.put_blob(r.data, durable=False), nbytes=len(r.data), width=r.width, height=r.height,
+            blob=r.blob or ctx.store.put_blob(r.data, durable=False), nbytes=len(r.data), width=r.width, height=r.height,
             frames=r.frames, meta=r.meta, encode_s=r.encode_s, status="done", error=None,
         )  # fmt: skip
         ctx.work["encodes"] += 1

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..contracts import ClipFrames
 from ..plan import WorkUnit, quality_label
-from ..scoring import BackgroundScorer, score_unit
+from ..scoring import BackgroundScorer, parse_predictions, score_unit
 from .context import RunContext, progress
 from .rates import group_rates, no_rate, unit_rate
 
@@ -59,11 +59,11 @@ def common_scope(ctx: RunContext, units: Sequence[WorkUnit]) -> dict[str, frozen
 def evaluate_unit(ctx: RunContext, u: WorkUnit, scorer: BackgroundScorer, keep: frozenset[str] | None = None) -> None:
     ds, items, _ = ctx.res.datasets[u.dataset]
     task = ctx.res.task(u.scoring_task)
-    keys, preds, done, failed = ctx.gather(u)
+    keys, preds, done, failed = ctx.gather(u, parse=False)  # parsed only if scored here
     metrics = scorer.take(u.key)  # scored in the background on everything the unit finished
     done, left_out = _restrict(done, keep)
     if metrics is None or left_out:
-        metrics = score_unit(task, ds, items, done)
+        metrics = score_unit(task, ds, items, parse_predictions(done))
     ctx.work["evaluations"] += 1
     rate, groups = no_rate(), None
     done_keys = {it.id: preds[k]["encode_key"] for k, it in zip(keys, items, strict=True) if it.id in done}

@@ -216,7 +216,7 @@ class Runner:
         self.runlog.write(f"stage {stage}: {work}, {failed} item(s) failed, {seconds[stage]:.1f} s")
 
     def _submit_scoring(self, ctx: RunContext, u: WorkUnit) -> None:
-        _, _, done, _ = ctx.gather(u)
+        _, _, done, _ = ctx.gather(u, parse=False)  # parsed in the scoring process, not here
         if done:
             items = ctx.res.datasets[u.dataset].items
             self.scorer.submit(u.key, ctx.res.cards[u.scoring_task], ctx.res.cards[u.dataset], items, done)
