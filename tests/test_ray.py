@@ -335,11 +335,14 @@ def test_ctrl_c_cancels_running_encodes_and_keeps_finished_units(
             done = db.exists() and _rows(db, "SELECT COUNT(*) FROM encodes WHERE codec='jpeg' AND status='done'")[0][0]
         except sqlite3.OperationalError:  # the store is being created: its tables are not there yet
             done = 0
-        if done == N_IMAGES and len(_encoders_under(os.getpid())) == 2:  # JPEG done, two VVenC encodes running
+        # JPEG done, VVenC encodes running: two, or one where Ray ran the last VVenC job before the last JPEG
+        # job (it picks among queued jobs in no set order; waiting for two then missed the moment 2 runs in 4)
+        if done == N_IMAGES and len(_encoders_under(os.getpid())) >= 1:
             break
         time.sleep(0.1)
     assert proc.poll() is None, "the run ended before it could be interrupted: " + proc.communicate()[1][-3000:]
-    assert len(_encoders_under(os.getpid())) == 2, "no VVenC encodes running on the cluster"
+    running = len(_encoders_under(os.getpid()))
+    assert running >= 1, "no VVenC encodes running on the cluster"
     # encodes go largest source first, so VVenC encodes of the larger images may have finished already
     vvenc_done = _rows(db, "SELECT COUNT(*) FROM encodes WHERE codec='vvenc' AND status='done'")[0][0]
     t0 = time.monotonic()
@@ -351,13 +354,13 @@ def test_ctrl_c_cancels_running_encodes_and_keeps_finished_units(
     while _encoders_under(os.getpid()) and time.monotonic() - t0 < 10:
         time.sleep(0.2)
     assert not _encoders_under(os.getpid())
-    # finished encodes are stored, the two cancelled in flight left no row, nothing is recorded as failed,
+    # finished encodes are stored, those cancelled in flight left no row, nothing is recorded as failed,
     # and the run is marked interrupted
     rows = _rows(db, "SELECT codec, status, COUNT(*) FROM encodes GROUP BY 1, 2")
     stored = {(codec, status): n for codec, status, n in rows}
     assert set(stored) <= {("jpeg", "done"), ("vvenc", "done")}, rows
     assert stored[("jpeg", "done")] == N_IMAGES
-    assert vvenc_done <= stored.get(("vvenc", "done"), 0) <= N_IMAGES - 2, rows
+    assert vvenc_done <= stored.get(("vvenc", "done"), 0) <= N_IMAGES - running, rows
     assert _rows(db, "SELECT status FROM runs") == [("interrupted",)]
     import ray
 

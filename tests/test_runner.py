@@ -26,6 +26,7 @@ from vcmbench.executors.base import EncodeJob, longest_first
 from vcmbench.executors.local import LocalExecutor
 from vcmbench.metrics.coco_map import BACKEND_ENV
 from vcmbench.run import RunConfig, Runner, run
+from vcmbench.run.background import BACKGROUND_MIN_ITEMS
 from vcmbench.run.resolve import background_mode, cuda_available
 from vcmbench.scoring import BackgroundScorer
 
@@ -303,7 +304,8 @@ def test_crashing_encoder_keeps_other_results_and_rerun_completes(
 
 def _synth_grid(out: Path, **kw: Any) -> RunConfig:
     return RunConfig(codecs=["jpeg"], tasks=kw.pop("tasks", ["synth_det"]), datasets=["synth"],
-                     qualities={"jpeg": [10, 40, 80]}, limit=10, out=str(out), progress=False, **kw)  # fmt: skip
+                     qualities=kw.pop("qualities", {"jpeg": [10, 40, 80]}), limit=kw.pop("limit", 10), out=str(out),
+                     progress=False, **kw)  # fmt: skip
 
 
 def test_background_scoring_gives_the_inline_results(tmp_path: Path) -> None:
@@ -316,7 +318,9 @@ def test_background_scoring_gives_the_inline_results(tmp_path: Path) -> None:
     bg = Runner(_synth_grid(tmp_path / "bg", background_scoring="on"), log=logs.append)
     report = bg.run()
     assert report.ok, report.failures
-    assert 1 <= bg.scorer.scored <= 3  # of the 4 units, the one finishing with the last batch is scored here
+    # units finished during inference go to the process; in the evaluate stage it takes more from the back
+    # while the driver scores from the front (evaluate.two_ended), so it scored 1 to 4 of the 4
+    assert 1 <= bg.scorer.scored <= 4
     assert report.work == ref.work
     assert not [m for m in logs if "background scoring" in m]
     cols = ["codec", "quality", "metric", "value", "n_items", "n_failed", "bpp"]
@@ -403,3 +407,80 @@ def test_every_codec_is_scored_on_the_items_all_codecs_finished(tmp_path: Path) 
     # a rerun with the item still failing redoes only the failed unit, and keeps the others' scope
     again = run(RunConfig(out=str(tmp_path / "common"), **grid))
     assert again.work["evaluations"] == 1 and again.work["encodes"] == 0
+
+
+def test_the_evaluate_stage_shares_units_with_the_scoring_process(tmp_path: Path) -> None:
+    """After inference (background scoring "auto", off during inference without a GPU) the scoring process,
+    prepared at the stage's start, takes units from the back while the driver scores from the front: the
+    same table as a run that scores every unit in the driver; "off" starts no process."""
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU, 'auto' scores in the background during inference already")
+    grid = {"limit": BACKGROUND_MIN_ITEMS, "qualities": {"jpeg": [10, 20, 30, 40, 60, 80]}}
+    ref = Runner(_synth_grid(tmp_path / "off", background_scoring="off", **grid))
+    off = ref.run()
+    assert off.ok and ref.scorer.scored == 0 and not ref.scorer.ready()
+    shared = Runner(_synth_grid(tmp_path / "auto", **grid))
+    # units this small are scored before the process could start: have it ready first (as after a long stage)
+    cards = CardSet()
+    ds_card = cards.get("dataset", "synth")
+    shared.scorer.prepare(cards.get("task", "synth_det"), ds_card, build(ds_card).items(limit=2))
+    deadline = time.monotonic() + 120
+    while not shared.scorer.ready():
+        assert time.monotonic() < deadline, "the scoring process did not get ready in 120 s"
+        time.sleep(0.1)
+    report = shared.run()
+    assert report.ok, report.failures
+    assert shared.scorer.scored >= 1  # handed over from the back, scored there
+    assert report.work == off.work
+    cols = ["codec", "quality", "metric", "value", "n_items", "n_failed", "bpp"]
+    pd.testing.assert_frame_equal(_table(report)[cols], _table(off)[cols])
+
+
+class _Scorer:
+    """A stand-in for BackgroundScorer's bookkeeping: ready, busy with a unit handed over until the driver
+    has scored its next one, and the units it has from inference."""
+
+    def __init__(self, ready: bool = True, has: tuple[str, ...] = ()) -> None:
+        self._ready, self._busy, self._has = ready, False, set(has)
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def busy(self) -> bool:
+        return self._busy
+
+    def has(self, key: str) -> bool:
+        return key in self._has
+
+
+def _order(scorer: _Scorer, allows: bool = True, n: int = 4, size: int = BACKGROUND_MIN_ITEMS) -> tuple[list[str], list[str]]:
+    from types import SimpleNamespace
+
+    from vcmbench.run.evaluate import two_ended
+
+    items = [SimpleNamespace(id=str(i), meta={}) for i in range(size)]
+    res = SimpleNamespace(task=lambda name: SimpleNamespace(background_scoring=allows),
+                          datasets={"ds": (SimpleNamespace(media="image"), items, [])})  # fmt: skip
+    ctx = SimpleNamespace(res=res)
+    units = [SimpleNamespace(key=k, scoring_task="t", dataset="ds") for k in "abcdef"[:n]]
+    shared: list[str] = []
+
+    def share(u: Any) -> None:
+        shared.append(u.key)
+        scorer._busy = True
+
+    order = []
+    for u in two_ended(ctx, units, scorer, share):  # type: ignore[arg-type]
+        order.append(u.key)
+        scorer._busy = False  # the process finished its unit while the driver scored this one
+    return order, shared
+
+
+def test_two_ended_hands_over_from_the_back_while_the_driver_takes_the_front() -> None:
+    assert _order(_Scorer()) == (["a", "b", "d", "c"], ["d", "c"])
+    assert _order(_Scorer(), n=5) == (["a", "b", "c", "e", "d"], ["e", "d"])
+    assert _order(_Scorer(), n=1) == (["a"], [])  # nothing left for the driver: nothing to share
+    assert _order(_Scorer(ready=False)) == (["a", "b", "c", "d"], [])  # still starting: the driver goes on
+    assert _order(_Scorer(has=("d",))) == (["a", "b", "c", "d"], [])  # d is with it already (from inference)
+    assert _order(_Scorer(), allows=False) == (["a", "b", "c", "d"], [])  # the task scores in the driver only
+    assert _order(_Scorer(), size=BACKGROUND_MIN_ITEMS - 1) == (["a", "b", "c", "d"], [])  # small units

@@ -17,6 +17,7 @@ the driver's ``__main__``, which re-runs any script that calls vcmbench without 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -100,9 +101,22 @@ def _yield_cpu() -> None:
             pass
 
 
+def _prepare(task: Task, ds: Dataset, items: Sequence[Item]) -> None:
+    """Warm up for units of ``task`` on ``ds``: score its first item with no prediction, which imports the
+    evaluator and reads the ground truth. A task that cannot score that is simply not warmed up (its real
+    units report their own errors)."""
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            score_unit(task, ds, items[:1], {items[0].id: []})
+    except Exception:
+        pass
+
+
 def _worker_main() -> None:
     """Serve scoring jobs: ``(job id, task card, dataset card, items, done)`` -> ``(job id, metrics, error)``;
-    ``done`` holds the stored JSON text of each finished prediction (parsed here, not in the driver)."""
+    ``done`` holds the stored JSON text of each finished prediction (parsed here, not in the driver). A job
+    whose ``done`` is None prepares the task and dataset (:func:`_prepare`) and is answered with job id None:
+    the process is ready."""
     # Ctrl-C reaches the whole process group: the driver decides what stops, and it stops this process
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _yield_cpu()
@@ -121,7 +135,11 @@ def _worker_main() -> None:
             if key not in built:
                 built[key] = (build(task_card), build(ds_card))
             task, ds = built[key]
-            reply = _frame((job_id, score_unit(task, ds, items, parse_predictions(done)), None))
+            if done is None:
+                _prepare(task, ds, items)
+                reply = _frame((None, None, None))
+            else:
+                reply = _frame((job_id, score_unit(task, ds, items, parse_predictions(done)), None))
         except Exception as exc:
             reply = _frame((job_id, None, f"{type(exc).__name__}: {exc}"))
         out.write(reply)
@@ -142,6 +160,8 @@ class BackgroundScorer:
         self._futures: dict[str, Future[dict[str, float]]] = {}
         self._lock = threading.Lock()
         self._broken: str | None = None
+        #: set once the process answered anything: it is started, imported and (if asked) prepared
+        self._ready = threading.Event()
         self.scored = 0  # units whose metrics came from the background process
 
     def _start(self) -> None:
@@ -174,6 +194,7 @@ class BackgroundScorer:
         try:
             while True:
                 job_id, metrics, error = _recv(proc.stdout)
+                self._ready.set()
                 with self._lock:
                     fut = self._futures.get(job_id)
                 if fut is None:
@@ -193,20 +214,49 @@ class BackgroundScorer:
 
     def submit(self, unit_key: str, task_card: Card, ds_card: Card, items: Sequence[Item],
                done: Mapping[str, Any]) -> None:  # fmt: skip
-        """Score a unit in the background; returns at once."""
+        """Score a unit in the background; returns at once. ``done``: item id -> the finished prediction's
+        stored JSON text."""
         if self._broken is not None:
             return
+        with self._lock:  # before the job goes out: the reply finds its future by key
+            self._futures[unit_key] = Future()
+        if not self._send((unit_key, task_card, ds_card, list(items), dict(done))):
+            with self._lock:
+                self._futures.pop(unit_key, None)
+
+    def prepare(self, task_card: Card, ds_card: Card, items: Sequence[Item]) -> None:
+        """Start the process, if need be, and have it import and read what units of ``task_card`` on ``ds_card``
+        need, without waiting: :meth:`ready` says when it has."""
+        if self._broken is None and items:
+            self._send((None, task_card, ds_card, list(items[:1]), None))
+
+    def _send(self, job: tuple[Any, ...]) -> bool:
+        """Queue a job for the process (started if need be); False, background scoring then off for the run,
+        where it cannot be framed or the process cannot start."""
         try:
-            data = _frame((unit_key, task_card, ds_card, list(items), dict(done)))
+            data = _frame(job)
             if self._proc is None:
                 self._start()
         except (OSError, pickle.PicklingError, AttributeError, TypeError) as exc:
             self._broken = f"{type(exc).__name__}: {exc}"
             self.log(f"background scoring unavailable ({self._broken}); scoring in this process")
-            return
-        with self._lock:
-            self._futures[unit_key] = Future()
+            return False
         self._outbox.put(data)
+        return True
+
+    def ready(self) -> bool:
+        """Whether the process is up and answering (it has replied at least once) and not known to have failed."""
+        return self._ready.is_set() and self._broken is None
+
+    def has(self, unit_key: str) -> bool:
+        """Whether the unit was submitted and its metrics are not taken yet."""
+        with self._lock:
+            return unit_key in self._futures
+
+    def busy(self) -> bool:
+        """Whether a unit submitted is still being scored (or waits for its turn)."""
+        with self._lock:
+            return any(not f.done() for f in self._futures.values())
 
     def take(self, unit_key: str) -> dict[str, float] | None:
         """The unit's metrics, waiting for them; None when it was not submitted or its scoring failed."""
@@ -230,7 +280,7 @@ class BackgroundScorer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if cancel:
+        if cancel or not self.busy():  # nothing left to wait for (it may still be starting or preparing)
             proc.kill()
         self._outbox.put(None)
         proc.wait()

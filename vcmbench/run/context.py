@@ -83,6 +83,12 @@ class RunContext:
         return ids - set(json.loads(cached["failed_items"] or "[]")) - left_out != keep
 
 
+def unit_size(ctx: RunContext, u: WorkUnit) -> int:
+    """Images of a unit, or frames of its clips."""
+    ds, items, _ = ctx.res.datasets[u.dataset]
+    return sum(int(it.meta.get("frames") or 1) for it in items) if ds.media == "video" else len(items)
+
+
 # ---- progress bars ---------------------------------------------------------------------------------
 class _NullBar:
     def update(self, n: int = 1) -> None:

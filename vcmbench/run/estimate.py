@@ -273,8 +273,10 @@ class Overheads:
 
     #: a run's fixed time: process start, imports, resolving cards and hashing items, writing the outputs
     startup_s: float = 12.0
-    #: per encode, besides encoding: reading the image, writing the bitstream (fsync) and its row
-    per_encode_s: float = 0.012
+    #: per encode, besides encoding: reading the image (once per item for all its qualities), writing the
+    #: bitstream and its row (2 ms measured on grid A of ``docs/estimate.md``, one worker; 12 ms before
+    #: bitstreams were flushed in batches and sources read once per item)
+    per_encode_s: float = 0.002
     #: per inference, in the driver: batching, storing the prediction
     per_inference_s: float = 0.003
     #: scoring one unit: a fixed part and a part per item

@@ -1,7 +1,9 @@
 """Stage 3: score every unit that needs it from its stored predictions, with its rate, and store the row.
 
 A unit scored in the background meanwhile is taken from the scorer; otherwise (or if that failed) it is
-scored here. Units evaluated with failed items are evaluated again on every run.
+scored here. Unless background scoring is off, the scoring process also takes units from the back of the
+list while the driver scores from the front (:func:`two_ended`). Units evaluated with failed items are
+evaluated again on every run.
 
 **Same items for every codec.** By default every unit of a (dataset, task) -- each codec at each quality,
 and the uncompressed reference -- is scored on the items that all of them finished (units that finished
@@ -12,27 +14,67 @@ images. A unit scored on fewer items than it finished records those it left out,
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ..contracts import ClipFrames
 from ..plan import WorkUnit, quality_label
 from ..scoring import BackgroundScorer, parse_predictions, score_unit
-from .context import RunContext, progress
+from .background import BACKGROUND_MIN_ITEMS
+from .context import RunContext, progress, unit_size
 from .rates import group_rates, no_rate, unit_rate
 
 
 def evaluate_stage(ctx: RunContext, units: Sequence[WorkUnit], scorer: BackgroundScorer,
-                   common_items: bool = True) -> list[dict[str, Any]]:  # fmt: skip
+                   common_items: bool = True, share: Callable[[WorkUnit], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
     """Evaluate the units that need it; the run's tidy table (read back from the store: one code path for
-    fresh and cached units)."""
+    fresh and cached units).
+
+    With ``share`` (which submits a unit to ``scorer``), the units are scored from both ends at once
+    (:func:`two_ended`): the driver takes them from the front, the scoring process from the back."""
     scope = common_scope(ctx, units) if common_items else {}
-    for u in progress(units, ctx.progress, desc="evaluate"):
-        keep = scope.get(u.key)
-        if ctx.needs_evaluation(u, keep):
-            evaluate_unit(ctx, u, scorer, keep)
+    todo = [u for u in units if ctx.needs_evaluation(u, scope.get(u.key))]
+    order: Iterable[WorkUnit] = todo
+    if share is not None and len(todo) >= 2 and shareable(ctx, todo[-1]):
+        last = todo[-1]
+        scorer.prepare(ctx.res.cards[last.scoring_task], ctx.res.cards[last.dataset], ctx.res.datasets[last.dataset].items)
+        order = two_ended(ctx, todo, scorer, share)
+    bar = progress(None, ctx.progress, total=len(todo), desc="evaluate")
+    for u in order:
+        evaluate_unit(ctx, u, scorer, scope.get(u.key))
+        bar.update(1)
+    bar.close()
     return ctx.store.tidy_rows(ctx.run_id)
+
+
+def shareable(ctx: RunContext, u: WorkUnit) -> bool:
+    """Whether the scoring process may take ``u`` after inference: its task allows background scoring, and it
+    has :data:`~.background.BACKGROUND_MIN_ITEMS` items or more (smaller units score in well under the
+    process's start)."""
+    return bool(ctx.res.task(u.scoring_task).background_scoring) and unit_size(ctx, u) >= BACKGROUND_MIN_ITEMS
+
+
+def two_ended(ctx: RunContext, units: Sequence[WorkUnit], scorer: BackgroundScorer,
+              share: Callable[[WorkUnit], None]) -> Iterator[WorkUnit]:  # fmt: skip
+    """The order in which the driver evaluates ``units`` while the scoring process takes units from the back:
+    the driver's own units first, then those handed over (their metrics are waited for).
+
+    Before each of its units the driver hands the last unit left over, if the process is ready (started,
+    imported, its ground truth read: :meth:`~vcmbench.scoring.BackgroundScorer.prepare`) and idle, the unit
+    is :func:`shareable` and not with the process already (scored during inference), and another unit is
+    left for the driver. So the driver never waits for the process to start, and each waits for the other
+    at most one unit at the end."""
+    queue = deque(units)
+    handed: list[WorkUnit] = []
+    while queue:
+        last = queue[-1]
+        if len(queue) >= 2 and scorer.ready() and not scorer.busy() and not scorer.has(last.key) and shareable(ctx, last):
+            share(queue.pop())
+            handed.append(last)
+            continue
+        yield queue.popleft()  # the caller evaluates it meanwhile
+    yield from handed
 
 
 def finished_items(ctx: RunContext, u: WorkUnit) -> frozenset[str]:

@@ -15,16 +15,10 @@ from ..datasets.base import Item
 from ..executors.base import DecodeJob, EncodeFailed, Executor, error_text
 from ..plan import WorkUnit, quality_label
 from .background import BackgroundScoring, wants_background
-from .context import RunContext, progress, show_status
+from .context import RunContext, progress, show_status, unit_size
 
 #: (unit, item, item sha256, prediction key)
 Job = tuple[WorkUnit, Item, str, str]
-
-
-def unit_size(ctx: RunContext, u: WorkUnit) -> int:
-    """Images of a unit, or frames of its clips."""
-    ds, items, _ = ctx.res.datasets[u.dataset]
-    return sum(int(it.meta.get("frames") or 1) for it in items) if ds.media == "video" else len(items)
 
 
 def pending_predictions(ctx: RunContext, units: Sequence[WorkUnit], background: BackgroundScoring) -> dict[str, list[Job]]:

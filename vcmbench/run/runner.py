@@ -199,7 +199,8 @@ class Runner:
                 infer_stage(ctx, units, executor, background)
                 seconds["infer"] = time.perf_counter() - t - seconds["encode"]
                 self._log_stage(ctx, "infer", seconds, "decodes", "inferences")
-                rows = evaluate_stage(ctx, units, self.scorer, self.config.common_items)
+                share = None if self.config.background_scoring == "off" else (lambda u: self._submit_scoring(ctx, u))
+                rows = evaluate_stage(ctx, units, self.scorer, self.config.common_items, share)
                 seconds["evaluate"] = time.perf_counter() - t - seconds["encode"] - seconds["infer"]
                 self._log_stage(ctx, "evaluate", seconds, "evaluations")
             except KeyboardInterrupt:
