@@ -70,9 +70,9 @@ PREDICTION_COLUMNS = frozenset(
 #: the prediction columns of a run's items.csv (:meth:`Store.per_item_rows`)
 ITEM_COLUMNS = ("task", "codec", "quality", "item_id", "status", "error", "encode_key", "infer_s")
 
-#: the rate columns a unit has, and each group of a clip dataset has of its own
 #: keys bound in one ``IN (...)`` query (well under SQLite's limit on bound parameters)
 KEYS_PER_QUERY = 500
+#: the rate columns a unit has, and each group of a clip dataset has of its own
 GROUP_RATE_COLUMNS = ("bpp", "bpp_mean", "psnr", "nbytes", "pixels", "kbps", "encode_s", "decode_s")
 
 

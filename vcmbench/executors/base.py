@@ -181,15 +181,15 @@ class SourceImages:
                 entry = self._entries[key] = _Source()
             self._entries.move_to_end(key)
         if owner:
-            self._read(entry, key, dataset, item)
+            self._read(entry, key, ds, item)
         entry.ready.wait()
         if entry.error is not None:
             raise entry.error
         return entry.image
 
-    def _read(self, entry: _Source, key: tuple[str, str, str], dataset: Card, item: Item) -> None:
+    def _read(self, entry: _Source, key: tuple[str, str, str], ds: Any, item: Item) -> None:
         try:
-            entry.image = cached(dataset).load_image(item)  # an array: the dataset's media is "image"
+            entry.image = ds.load_image(item)  # an array: the dataset's media is "image"
             if isinstance(entry.image, np.ndarray):
                 entry.image.flags.writeable = False  # shared by the item's encodes: no codec may change it
         except BaseException as exc:
