@@ -73,12 +73,21 @@ def timed(table: dict[str, float], name: str, fn: Any) -> Any:
 def instrument(seconds: dict[str, float]) -> None:
     """Time the harness's stages by wrapping the functions the runner calls (in this process only)."""
     from vcmbench.run import evaluate, runner
+    from vcmbench.scoring import BackgroundScorer
     from vcmbench.store import Store
 
     for name in WRITES:
         setattr(Store, name, timed(seconds, "writes", timed(seconds, f"w.{name}", getattr(Store, name))))
     for name in READS:
         setattr(Store, name, timed(seconds, "reads", getattr(Store, name)))
+    real_take = BackgroundScorer.take
+
+    def take(self: BackgroundScorer, unit_key: str) -> Any:
+        metrics = real_take(self, unit_key)
+        seconds["units scored by the scoring process"] += metrics is not None
+        return metrics
+
+    BackgroundScorer.take = take  # type: ignore[method-assign]
     runner.resolve = timed(seconds, "plan", runner.resolve)
     runner.plan_units = timed(seconds, "plan", runner.plan_units)
     runner.with_cost = timed(seconds, "report", runner.with_cost)
@@ -155,6 +164,7 @@ def measure(args: argparse.Namespace, n: int) -> dict[str, Any]:
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "store_mb": store_bytes(root) / 2**20,
         "load": (load + os.getloadavg()[0]) / 2, "stages": report.stage_seconds,
         "detail": {k: round(v, 2) for k, v in seconds.items() if k.startswith("w.")},
+        "background_units": int(seconds.get("units scored by the scoring process", 0)),
     }  # fmt: skip
 
 
@@ -220,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.keep:
             shutil.rmtree(Path(args.out) / f"n{n}", ignore_errors=True)
         rows.append(child(args, n))
-        print(f"  {n} images: {rows[-1]['wall']:.1f} s; stages {rows[-1]['stages']}; writes {rows[-1]['detail']}",
+        print(f"  {n} images: {rows[-1]['wall']:.1f} s; stages {rows[-1]['stages']}; writes {rows[-1]['detail']}; "
+              f"units scored by the scoring process: {rows[-1]['background_units']}",
               file=sys.stderr, flush=True)
     print(f"JPEG q {args.qualities} + reference x synth_det@{args.img_size}, {args.width}x{args.height} images, "
           f"{os.cpu_count()} cores")  # fmt: skip

@@ -132,6 +132,8 @@ def test_sync_filesystem_works_here(store: Store) -> None:
 class InterruptedEncodes:
     """An executor whose encodes finish, then Ctrl-C arrives."""
 
+    workers = 1
+
     def __init__(self, finish: int) -> None:
         self.finish = finish
 
@@ -226,3 +228,53 @@ def test_local_workers_store_the_bitstreams_the_driver_commits_the_rows(store: S
     assert len(writers) == 6 and threading.current_thread().name not in writers
     with LocalExecutor(1) as ex:  # without keep the caller stores them (as with Ray)
         assert all(o.value.blob is None for o in ex.encode(jobs[:1]))
+
+
+def test_resolved_paths_are_what_pathlib_resolves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """File hashes are remembered by resolved path; the folder-cached resolution must give pathlib's answer
+    for plain files, linked folders, linked files, relative paths and ``..``."""
+    from vcmbench.media.hashing import resolved
+
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    target = real / "sub" / "a.png"
+    target.write_bytes(b"x")
+    (tmp_path / "dirlink").symlink_to(real)
+    (real / "filelink.png").symlink_to(target)
+    monkeypatch.chdir(real)
+    cases = [target, tmp_path / "dirlink" / "sub" / "a.png", real / "filelink.png", Path("sub/a.png"),
+             tmp_path / "dirlink" / "sub" / ".." / "sub" / "a.png", Path("filelink.png")]  # fmt: skip
+    for p in cases:
+        assert resolved(p) == str(p.resolve()), p
+        assert resolved(str(p)) == str(p.resolve()), p
+    assert resolved(tmp_path / "dirlink" / "sub" / "a.png") == str(target)
+
+
+def test_empty_encode_meta_is_an_empty_dict_and_other_meta_round_trips(store: Store) -> None:
+    from vcmbench.store import meta_dict
+
+    assert meta_dict(None) == {} and meta_dict("") == {} and meta_dict("{}") == {}
+    assert meta_dict('{"fps": 30.0, "yuv_source": "a.yuv"}') == {"fps": 30.0, "yuv_source": "a.yuv"}
+
+
+def test_detection_rows_round_like_python_number_by_number() -> None:
+    """The stored rows of the YOLO adapters, rounded vectorized: the same numbers (and types) as rounding each
+    with Python's ``round`` (boxes to 1e-4, scores to 1e-6), ties and float32-born values included."""
+    import numpy as np
+
+    from vcmbench.tasks.base import detection_rows
+
+    def one_by_one(det: Any) -> list[list[float]]:
+        return [[round(x1, 4), round(y1, 4), round(x2, 4), round(y2, 4), round(s, 6), int(c)]
+                for x1, y1, x2, y2, s, c in np.asarray(det, dtype=np.float64).tolist()]  # fmt: skip
+
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 300):
+        boxes = rng.uniform(0, 640, (n, 4)).astype(np.float32)
+        det = np.column_stack([boxes, rng.uniform(0, 1, n).astype(np.float32), rng.integers(0, 80, n)])
+        got = detection_rows(det)
+        assert got == one_by_one(det)
+        assert all(isinstance(v, float) for r in got for v in r[:5]) and all(type(r[5]) is int for r in got)
+    ties = [[0.00005, 1.23455, 2.5, 1e-9, 0.0000005, 3], [0.12345, 0.99995, 640.00005, 3.14159265, 0.1234565, 79],
+            [1e12, -0.00015, 0.00025, 7.77775, 0.9999995, 0]]  # fmt: skip
+    assert detection_rows(np.array(ties)) == one_by_one(ties)

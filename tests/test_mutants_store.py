@@ -66,6 +66,11 @@ def test_blobs_are_content_addressed(store: Store) -> None:
     assert not store.has_blob(hashlib.sha256(b"other").hexdigest())
     assert store.put_blob(data) == digest  # the same bytes again: one file, unchanged
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left behind
+    import shutil
+
+    shutil.rmtree(store.blob_dir)  # the cache deleted while the store is open: its folders are made again
+    assert store.put_blob(data, durable=False) == digest and store.get_blob(digest) == data
+    assert store._unsynced == [path]
 
 
 def test_a_corrupt_blob_is_refused_by_name(store: Store) -> None:

@@ -22,8 +22,8 @@ from vcmbench.cards import CardSet
 from vcmbench.cli import main
 from vcmbench.datasets.base import Item
 from vcmbench.errors import VcmbenchError
-from vcmbench.executors.base import EncodeJob, longest_first
-from vcmbench.executors.local import LocalExecutor
+from vcmbench.executors.base import SOURCES, EncodeJob, longest_first
+from vcmbench.executors.local import LocalExecutor, default_workers
 from vcmbench.metrics.coco_map import BACKEND_ENV
 from vcmbench.run import RunConfig, Runner, run
 from vcmbench.run.background import BACKGROUND_MIN_ITEMS
@@ -120,9 +120,15 @@ def test_encodes_are_submitted_largest_source_file_first(
     monkeypatch.setattr(LocalExecutor, "encode", spy)
     report = run(config(tmp_path / "out", coco, yolov5n_weights, qualities={"jpeg": [10, 40]}))
     assert report.ok and len(submitted) == 12
-    order = [j.item.path.stat().st_size for j in submitted]
-    assert order == sorted(order, reverse=True)
-    assert [j.item.id for j in submitted[:2]] == [max(sizes, key=sizes.get)] * 2  # both qualities of the largest
+    first: dict[str, int] = {}  # each file where its first job is
+    for n, j in enumerate(submitted):
+        first.setdefault(j.item.id, n)
+    by_first = sorted(first, key=first.get)  # type: ignore[arg-type]
+    assert [sizes[i] for i in by_first] == sorted(sizes.values(), reverse=True)
+    # the workers start on different files: the first job of each of the `spread` largest, then their second
+    spread = min(default_workers(), SOURCES.size // 2)
+    largest = sorted(sizes, key=sizes.get, reverse=True)  # type: ignore[arg-type]
+    assert [j.item.id for j in submitted[: 2 * spread]] == largest[:spread] * 2
 
 
 def test_longest_first_is_stable_and_puts_unreadable_files_last(tmp_path: Path) -> None:
@@ -136,6 +142,10 @@ def test_longest_first_is_stable_and_puts_unreadable_files_last(tmp_path: Path) 
     # a quality ladder's jobs come quality by quality: files of one size are grouped, each file's jobs together
     ladder = [EncodeJob(f"{k}{q}", None, q, None, Item(k, files[k])) for q in (1, 2) for k in "ca"]  # type: ignore[arg-type]
     assert [j.key for j in longest_first(ladder)] == ["a1", "a2", "c1", "c2"]
+    # spread over 2 workers: the files of each pair take turns, so the two workers read two files at once
+    assert [j.key for j in longest_first(jobs, spread=2)] == ["b1", "d1", "b2", "d2", "a1", "c1", "a2", "c2", "gone"]
+    assert [j.key for j in longest_first(jobs, spread=3)] == ["b1", "d1", "a1", "b2", "d2", "a2", "c1", "gone", "c2"]
+    assert longest_first(jobs, spread=1) == longest_first(jobs)
 
 
 def test_both_coco_backends_give_the_same_run_table_and_provenance_names_the_one_used(
@@ -436,51 +446,87 @@ def test_the_evaluate_stage_shares_units_with_the_scoring_process(tmp_path: Path
     pd.testing.assert_frame_equal(_table(report)[cols], _table(off)[cols])
 
 
-class _Scorer:
-    """A stand-in for BackgroundScorer's bookkeeping: ready, busy with a unit handed over until the driver
-    has scored its next one, and the units it has from inference."""
+def test_the_scoring_process_is_prepared_at_the_runs_start_and_only_when_units_will_be_scored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Unless background scoring is off, the scoring process is asked to get ready before the encode stage (it
+    runs at idle priority), once per task and dataset; a finished grid starts no process."""
+    import vcmbench.run.runner as runner_module
 
-    def __init__(self, ready: bool = True, has: tuple[str, ...] = ()) -> None:
-        self._ready, self._busy, self._has = ready, False, set(has)
+    events: list[str] = []
+    real_encode_stage = runner_module.encode_stage
+    monkeypatch.setattr(runner_module, "encode_stage", lambda *a: (events.append("encode"), real_encode_stage(*a))[1])
+    real_prepare = BackgroundScorer.prepare
+    sent: list[Any] = []
+    monkeypatch.setattr(BackgroundScorer, "prepare", lambda self, *a: (events.append("prepare"), real_prepare(self, *a))[1])
+    real_send = BackgroundScorer._send
+    monkeypatch.setattr(BackgroundScorer, "_send", lambda self, job: (sent.append(job[0]), real_send(self, job))[1])
+    grid = {"limit": BACKGROUND_MIN_ITEMS, "qualities": {"jpeg": [10, 40]}}
+    first = Runner(_synth_grid(tmp_path / "auto", **grid))
+    assert first.run().ok
+    assert events[:2] == ["prepare", "encode"]
+    assert sent.count(None) == 1  # prepared once, though the evaluate stage asks again for the same cards
+    events.clear()
+    again = Runner(_synth_grid(tmp_path / "auto", **grid))
+    assert again.run().work["evaluations"] == 0
+    assert "prepare" not in events and again.scorer._proc is None
+    events.clear()
+    off = Runner(_synth_grid(tmp_path / "off", background_scoring="off", **grid))
+    assert off.run().ok
+    assert "prepare" not in events and off.scorer._proc is None
+
+
+class _Scorer:
+    """A stand-in for BackgroundScorer's bookkeeping: ready, busy with the units handed over until the driver
+    has scored ``pace`` units for each of them, and the units it has from inference."""
+
+    def __init__(self, ready: bool = True, has: tuple[str, ...] = (), pace: int = 1) -> None:
+        self._ready, self._has, self.pace, self.backlog = ready, set(has), pace, 0
 
     def ready(self) -> bool:
         return self._ready
 
     def busy(self) -> bool:
-        return self._busy
+        return self.backlog > 0
 
     def has(self, key: str) -> bool:
         return key in self._has
 
 
-def _order(scorer: _Scorer, allows: bool = True, n: int = 4, size: int = BACKGROUND_MIN_ITEMS) -> tuple[list[str], list[str]]:
+def _order(scorer: _Scorer, allows: bool = True, n: int = 4, size: int = BACKGROUND_MIN_ITEMS,
+           shareable: str = "abcdef") -> tuple[list[str], list[str]]:  # fmt: skip
     from types import SimpleNamespace
 
     from vcmbench.run.evaluate import two_ended
 
     items = [SimpleNamespace(id=str(i), meta={}) for i in range(size)]
-    res = SimpleNamespace(task=lambda name: SimpleNamespace(background_scoring=allows),
+    res = SimpleNamespace(task=lambda name: SimpleNamespace(background_scoring=allows and name in shareable),
                           datasets={"ds": (SimpleNamespace(media="image"), items, [])})  # fmt: skip
     ctx = SimpleNamespace(res=res)
-    units = [SimpleNamespace(key=k, scoring_task="t", dataset="ds") for k in "abcdef"[:n]]
+    units = [SimpleNamespace(key=k, scoring_task=k, dataset="ds") for k in "abcdef"[:n]]
     shared: list[str] = []
 
     def share(u: Any) -> None:
         shared.append(u.key)
-        scorer._busy = True
+        scorer.backlog += scorer.pace
 
     order = []
     for u in two_ended(ctx, units, scorer, share):  # type: ignore[arg-type]
         order.append(u.key)
-        scorer._busy = False  # the process finished its unit while the driver scored this one
+        scorer.backlog = max(0, scorer.backlog - 1)  # the process worked while the driver scored this one
     return order, shared
 
 
 def test_two_ended_hands_over_from_the_back_while_the_driver_takes_the_front() -> None:
     assert _order(_Scorer()) == (["a", "b", "d", "c"], ["d", "c"])
     assert _order(_Scorer(), n=5) == (["a", "b", "c", "e", "d"], ["e", "d"])
+    assert _order(_Scorer(), n=6) == (["a", "b", "c", "f", "e", "d"], ["f", "e", "d"])
+    # half at once: a process slower than the driver still takes its half (handed one at a time, it would be
+    # busy with "d" when the driver came back for "b", and the driver would score three of four)
+    assert _order(_Scorer(pace=2)) == (["a", "b", "d", "c"], ["d", "c"])
     assert _order(_Scorer(), n=1) == (["a"], [])  # nothing left for the driver: nothing to share
     assert _order(_Scorer(ready=False)) == (["a", "b", "c", "d"], [])  # still starting: the driver goes on
     assert _order(_Scorer(has=("d",))) == (["a", "b", "c", "d"], [])  # d is with it already (from inference)
     assert _order(_Scorer(), allows=False) == (["a", "b", "c", "d"], [])  # the task scores in the driver only
+    assert _order(_Scorer(), shareable="abc") == (["a", "b", "c", "d"], [])  # the last unit's task does not share
+    assert _order(_Scorer(), shareable="abd") == (["a", "b", "c", "d"], ["d"])  # stops at one that does not
     assert _order(_Scorer(), size=BACKGROUND_MIN_ITEMS - 1) == (["a", "b", "c", "d"], [])  # small units

@@ -60,6 +60,24 @@ def test_everything_else_is_a_string(text: str) -> None:
     assert yaml12.load(text) == text
 
 
+REPO = Path(__file__).resolve().parent.parent
+CARD_FILES = sorted(p for d in ("codecs", "tasks", "datasets") for p in (REPO / d).rglob("*.yaml"))
+
+
+def test_libyamls_parser_and_pythons_read_every_card_and_scalar_alike() -> None:
+    """Cards are read on libyaml's parser where PyYAML has it; both parsers give the same values."""
+    assert len(CARD_FILES) >= 30
+    texts = [p.read_text() for p in CARD_FILES] + SEXAGESIMAL + ["yes", "0x10", "1_000", ".inf", "~", "!!int 0x1f"]
+    for text in texts:
+        assert yaml.load(text, Loader=yaml12.FastLoader) == yaml.load(text, Loader=yaml12.Yaml12Loader)
+    if yaml.__with_libyaml__:
+        assert issubclass(yaml12.FastLoader, yaml.CSafeLoader)
+    for bad in ("a: [1, 2", "!!int 1.5", "a: b: c"):
+        for loader in (yaml12.FastLoader, yaml12.Yaml12Loader):
+            with pytest.raises(yaml.YAMLError):
+                yaml.load(bad, Loader=loader)
+
+
 def test_collections_use_the_same_rules() -> None:
     assert yaml12.load("[4:2:0, yes, 0x10, ~, true]") == ["4:2:0", "yes", 16, None, True]
     assert yaml12.load("{a: off, b: 1_000}") == {"a": "off", "b": "1_000"}

@@ -162,6 +162,8 @@ class BackgroundScorer:
         self._broken: str | None = None
         #: set once the process answered anything: it is started, imported and (if asked) prepared
         self._ready = threading.Event()
+        #: (task card, dataset card) digests the process was asked to prepare
+        self._prepared: set[tuple[str, str]] = set()
         self.scored = 0  # units whose metrics came from the background process
 
     def _start(self) -> None:
@@ -226,8 +228,10 @@ class BackgroundScorer:
 
     def prepare(self, task_card: Card, ds_card: Card, items: Sequence[Item]) -> None:
         """Start the process, if need be, and have it import and read what units of ``task_card`` on ``ds_card``
-        need, without waiting: :meth:`ready` says when it has."""
-        if self._broken is None and items:
+        need, without waiting: :meth:`ready` says when it has. Asked again for the same cards, does nothing."""
+        key = (task_card.digest(), ds_card.digest())
+        if self._broken is None and items and key not in self._prepared:
+            self._prepared.add(key)
             self._send((None, task_card, ds_card, list(items[:1]), None))
 
     def _send(self, job: tuple[Any, ...]) -> bool:

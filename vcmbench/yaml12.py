@@ -46,9 +46,15 @@ class Yaml12Loader(yaml.SafeLoader):
     """PyYAML's safe loader with the YAML 1.2 core schema's implicit types (and nothing else)."""
 
 
-Yaml12Loader.yaml_implicit_resolvers = {}  # none of YAML 1.1's: only the core schema's, added below
-for name, pattern, first in RESOLVERS:
-    Yaml12Loader.add_implicit_resolver(TAG + name, pattern, first)
+#: the same loader on libyaml's parser where PyYAML was built with it (39 cards parse in 0.05 s instead of 0.45 s
+#: here); the resolvers and constructors, which decide what a value means, are the Python ones of both
+FastLoader: type[yaml.SafeLoader] = Yaml12Loader
+if getattr(yaml, "__with_libyaml__", False):
+
+    class Yaml12CLoader(yaml.CSafeLoader):  # type: ignore[misc,name-defined]
+        """:class:`Yaml12Loader` on libyaml's parser."""
+
+    FastLoader = Yaml12CLoader  # type: ignore[assignment]
 
 
 def _scalar_text(loader: Yaml12Loader, node: yaml.Node, pattern: re.Pattern[str], what: str) -> str:
@@ -86,13 +92,17 @@ def _construct_float(loader: Yaml12Loader, node: yaml.Node) -> float:
     return float(text)
 
 
-Yaml12Loader.add_constructor(TAG + "null", _construct_null)
-Yaml12Loader.add_constructor(TAG + "bool", _construct_bool)
-Yaml12Loader.add_constructor(TAG + "int", _construct_int)
-Yaml12Loader.add_constructor(TAG + "float", _construct_float)
+for _loader in {Yaml12Loader, FastLoader}:
+    _loader.yaml_implicit_resolvers = {}  # none of YAML 1.1's: only the core schema's
+    for name, pattern, first in RESOLVERS:
+        _loader.add_implicit_resolver(TAG + name, pattern, first)
+    _loader.add_constructor(TAG + "null", _construct_null)
+    _loader.add_constructor(TAG + "bool", _construct_bool)
+    _loader.add_constructor(TAG + "int", _construct_int)
+    _loader.add_constructor(TAG + "float", _construct_float)
 
 
 def load(text: str) -> Any:
     """One YAML document (a card file, or a value typed on the command line), read with the YAML 1.2 core
     schema: ``4:2:0``, ``yes`` and ``1_000`` stay strings, ``""`` is None. Raises ``yaml.YAMLError``."""
-    return yaml.load(text, Loader=Yaml12Loader)  # a SafeLoader subclass: safe
+    return yaml.load(text, Loader=FastLoader)  # a SafeLoader (or CSafeLoader) subclass: safe

@@ -112,7 +112,7 @@ class Outcome:
         self.error = error
 
 
-def longest_first(jobs: Iterable[EncodeJob]) -> list[EncodeJob]:
+def longest_first(jobs: Iterable[EncodeJob], spread: int = 1) -> list[EncodeJob]:
     """Encode jobs in the order to submit them: the largest source file first (a stable sort; equal sizes by path).
 
     On N slots a grid takes its total encode time / N, plus the time its last encodes run alone. Submitting
@@ -122,7 +122,12 @@ def longest_first(jobs: Iterable[EncodeJob]) -> list[EncodeJob]:
     for the pixel count. Replaying those measured times on 2 slots, the grid ended 0.5 s after its ideal
     (total / 2) in this order and 2.1 s after it in the dataset's order. A file that cannot be read
     sorts last, and its encode reports the problem. Files of the same size are ordered by path, so the jobs
-    of one file (its qualities) follow each other and share one read of it (:class:`SourceImages`).
+    of one file (its qualities) are near each other and share one read of it (:class:`SourceImages`).
+
+    ``spread`` (the number of workers): the jobs of each ``spread`` files in a row are interleaved, one job of
+    each file in turn, so that the workers start by reading different files at once. With each file's jobs
+    in a row, the second worker waited for the first one's read of the same file: at 640x480 (a PNG read
+    four times a JPEG encode) the encode stage of 5,000 images took 109 s for 38 s of encodes on 2 workers.
     """
     sizes: dict[Any, int] = {}
 
@@ -135,7 +140,21 @@ def longest_first(jobs: Iterable[EncodeJob]) -> list[EncodeJob]:
                 sizes[path] = -1
         return sizes[path]
 
-    return sorted(jobs, key=lambda job: (-size(job), str(job.item.path)))
+    ordered = sorted(jobs, key=lambda job: (-size(job), str(job.item.path)))
+    if spread <= 1:
+        return ordered
+    files: list[list[EncodeJob]] = []
+    for job in ordered:
+        if files and files[-1][0].item.path == job.item.path:
+            files[-1].append(job)
+        else:
+            files.append([job])
+    out: list[EncodeJob] = []
+    for i in range(0, len(files), spread):
+        block = files[i : i + spread]
+        for k in range(max(len(f) for f in block)):
+            out += [f[k] for f in block if k < len(f)]
+    return out
 
 
 class _Source:

@@ -39,7 +39,7 @@ from .config import RunConfig
 from .context import Failure, RunContext
 from .cost import with_cost
 from .encode import encode_stage
-from .evaluate import evaluate_stage
+from .evaluate import evaluate_stage, prepare_early
 from .infer import infer_stage
 from .outputs import config_record, write_outputs
 from .resolve import ResolvedRun, resolve
@@ -193,6 +193,8 @@ class Runner:
         with executor:
             try:
                 t = time.perf_counter()
+                if self.config.background_scoring != "off":
+                    prepare_early(ctx, units, self.scorer)
                 encode_stage(ctx, units, executor)
                 seconds["encode"] = time.perf_counter() - t
                 self._log_stage(ctx, "encode", seconds, "encodes")

@@ -39,7 +39,7 @@ from ..metrics.coco_map import encode_masks
 from ..models.safe_pickle import UnsafeCheckpointError, load_checkpoint
 from ..registry import register
 from ..weights import resolve_weights
-from .base import Task
+from .base import Task, detection_rows
 from .classes import check_setting, class_map
 
 __all__ = [
@@ -240,14 +240,10 @@ class UltralyticsYOLOTask(Task):
     @staticmethod
     def _boxes(r: Any) -> list[list[float]]:
         b = r.boxes
-        rows = []
         xyxy = b.xyxy.detach().cpu().double().numpy()
         conf = b.conf.detach().cpu().double().numpy()
-        cls = b.cls.detach().cpu().numpy()
-        for (x1, y1, x2, y2), s, c in zip(xyxy, conf, cls, strict=True):
-            rows.append([round(float(x1), 4), round(float(y1), 4), round(float(x2), 4), round(float(y2), 4),
-                         round(float(s), 6), int(c)])  # fmt: skip
-        return rows
+        cls = b.cls.detach().cpu().double().numpy()
+        return detection_rows(np.column_stack([xyxy.reshape(-1, 4), conf, cls]))
 
     @staticmethod
     def _coco_box(x1: float, y1: float, x2: float, y2: float) -> list[float]:

@@ -61,7 +61,7 @@ from ..media.hashing import file_sha256
 from ..models.safe_pickle import UnsafeCheckpointError, load_checkpoint
 from ..registry import register
 from ..weights import resolve_weights
-from .base import Task
+from .base import Task, detection_rows
 from .classes import check_setting, class_map
 
 __all__ = [
@@ -431,7 +431,4 @@ class YOLOv5Task(Task):
 
 def _to_lists(det: torch.Tensor) -> list[list[float]]:
     """(n, 6) tensor -> JSON-ready rows: boxes to 1e-4 px, score to 1e-6, integer class."""
-    rows = []
-    for x1, y1, x2, y2, score, cls in det.detach().cpu().double().tolist():
-        rows.append([round(x1, 4), round(y1, 4), round(x2, 4), round(y2, 4), round(score, 6), int(cls)])
-    return rows
+    return detection_rows(det.detach().cpu().double().numpy())
