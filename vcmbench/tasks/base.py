@@ -88,4 +88,3 @@ def detection_rows(det: np.ndarray) -> list[list[float]]:
     for row, cls in zip(rows, det[:, 5].astype(np.int64).tolist(), strict=True):
         row.append(cls)
     return rows
-
