@@ -175,23 +175,26 @@ class Store:
 
     # ---- bitstream cache -------------------------------------------------------------------
     def blob_path(self, digest: str) -> Path:
-        return self.blob_dir / digest[:2] / f"{digest}.bin"
+        return Path(self._blob_file(digest))
+
+    def _blob_file(self, digest: str) -> str:
+        """:meth:`blob_path` as a string, joined without pathlib: the cache is asked once per encode (15,000 at
+        COCO-val size), where pathlib's joins cost ten times the file system's answer."""
+        return f"{self.blob_dir}{os.sep}{digest[:2]}{os.sep}{digest}.bin"
 
     def put_blob(self, data: bytes, durable: bool = True) -> str:
         """Write bytes under their sha256 (atomically: temp file + rename); return the digest. ``durable``: on
         disk (fsync) before it returns; False leaves that to :meth:`sync_blobs`, which flushes a batch at once
-        (call it before committing rows that name these blobs). Paths are strings, and a folder is made only
-        when a write into it finds none: a JPEG ladder of 5,000 small images writes 15,000 blobs, each
-        costing more in pathlib than in the file system (``benchmarks/growth.py``)."""
+        (call it before committing rows that name these blobs). A folder is made only when a write into it
+        finds none."""
         digest = hashlib.sha256(data).hexdigest()
-        folder = f"{self.blob_dir}{os.sep}{digest[:2]}"
-        path = f"{folder}{os.sep}{digest}.bin"
+        path = self._blob_file(digest)
         if not os.path.exists(path):
             tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}.{time.monotonic_ns()}"
             try:
                 f = open(tmp, "wb")  # noqa: SIM115 - closed below, after the folder is made if need be
             except FileNotFoundError:  # its folder is new (or was deleted since)
-                os.makedirs(folder, exist_ok=True)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
                 f = open(tmp, "wb")  # noqa: SIM115
             with f:
                 f.write(data)
@@ -219,9 +222,7 @@ class Store:
         return data
 
     def has_blob(self, digest: str | None) -> bool:
-        # os.path on a string, not blob_path(): a resumed grid asks this once per encode (15,000 at COCO-val
-        # size), where pathlib's joins cost ten times the stat
-        return bool(digest) and os.path.exists(f"{self.blob_dir}{os.sep}{digest[:2]}{os.sep}{digest}.bin")  # type: ignore[index]
+        return bool(digest) and os.path.exists(self._blob_file(digest))  # type: ignore[arg-type]
 
     # ---- file hashes -------------------------------------------------------------------------
     def file_sha256(self, path: Path) -> str:

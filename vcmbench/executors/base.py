@@ -125,9 +125,11 @@ def longest_first(jobs: Iterable[EncodeJob], spread: int = 1) -> list[EncodeJob]
     of one file (its qualities) are near each other and share one read of it (:class:`SourceImages`).
 
     ``spread`` (the number of workers): the jobs of each ``spread`` files in a row are interleaved, one job of
-    each file in turn, so that the workers start by reading different files at once. With each file's jobs
-    in a row, the second worker waited for the first one's read of the same file: at 640x480 (a PNG read
-    four times a JPEG encode) the encode stage of 5,000 images took 109 s for 38 s of encodes on 2 workers.
+    each file in turn, so that the workers start by reading different files at once (at most half as many
+    files as :data:`SOURCES` keeps, so that a file's read is still there for its later jobs). With each
+    file's jobs in a row, the second worker waited for the first one's read of the same file: at 640x480 (a
+    PNG read four times a JPEG encode) the encode stage of 5,000 images took 109 s for 38 s of encodes on 2
+    workers.
     """
     sizes: dict[Any, int] = {}
 
@@ -141,6 +143,7 @@ def longest_first(jobs: Iterable[EncodeJob], spread: int = 1) -> list[EncodeJob]
         return sizes[path]
 
     ordered = sorted(jobs, key=lambda job: (-size(job), str(job.item.path)))
+    spread = min(spread, SOURCES.size // 2)
     if spread <= 1:
         return ordered
     files: list[list[EncodeJob]] = []

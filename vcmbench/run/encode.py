@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..datasets.base import Item
-from ..executors.base import SOURCES, EncodeJob, EncodeResult, Executor, Outcome, error_text, longest_first
+from ..executors.base import EncodeJob, EncodeResult, Executor, Outcome, error_text, longest_first
 from ..plan import WorkUnit, quality_label
 from ..store import Store
 from .context import RunContext, progress, show_status
@@ -80,9 +80,9 @@ def encode_stage(ctx: RunContext, units: Sequence[WorkUnit], executor: Executor)
     if not todo:
         return
     rows = EncodeRows(store)
-    # the workers start on different files (reads in parallel), as many as the shared cache of reads holds
-    spread = min(executor.workers, SOURCES.size // 2)
-    outcomes = executor.encode(longest_first((jobs[k] for k in todo), spread), idle=rows.idle, keep=keep_blob(store))
+    # the workers start on different files: their reads run in parallel
+    outcomes = executor.encode(longest_first((jobs[k] for k in todo), executor.workers), idle=rows.idle,
+                               keep=keep_blob(store))  # fmt: skip
     bar = progress(outcomes, ctx.progress, total=len(todo), desc="encode")
     try:
         for out in bar:

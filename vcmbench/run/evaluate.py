@@ -36,7 +36,7 @@ def evaluate_stage(ctx: RunContext, units: Sequence[WorkUnit], scorer: Backgroun
     scope = common_scope(ctx, units) if common_items else {}
     todo = [u for u in units if ctx.needs_evaluation(u, scope.get(u.key))]
     order: Iterable[WorkUnit] = todo
-    if share is not None and len(todo) >= 2 and shareable(ctx, todo[-1]):
+    if share is not None and shares(ctx, todo):
         prepare(ctx, todo[-1], scorer)
         order = two_ended(ctx, todo, scorer, share)
     bar = progress(None, ctx.progress, total=len(todo), desc="evaluate")
@@ -54,12 +54,18 @@ def prepare(ctx: RunContext, u: WorkUnit, scorer: BackgroundScorer) -> None:
 
 def prepare_early(ctx: RunContext, units: Sequence[WorkUnit], scorer: BackgroundScorer) -> None:
     """At the run's start, have the scoring process get ready for the last unit that the evaluate stage could
-    share with it (two or more units to evaluate, the last :func:`shareable`): started then, at idle priority,
+    share with it (:func:`shares`): started then, at idle priority,
     it imports and reads the ground truth on CPU time the encode and infer stages leave idle, and is ready
     when the evaluate stage begins (started there, it took 7-10 s here, a 160-px unit's scoring three times)."""
     todo = [u for u in units if ctx.needs_evaluation(u, scope=False)]
-    if len(todo) >= 2 and shareable(ctx, todo[-1]):
+    if shares(ctx, todo):
         prepare(ctx, todo[-1], scorer)
+
+
+def shares(ctx: RunContext, todo: Sequence[WorkUnit]) -> bool:
+    """Whether the evaluate stage shares the units ``todo`` with the scoring process: two or more, the last
+    :func:`shareable` (the process takes units from the back)."""
+    return len(todo) >= 2 and shareable(ctx, todo[-1])
 
 
 def shareable(ctx: RunContext, u: WorkUnit) -> bool:

@@ -193,7 +193,8 @@ class Runner:
         with executor:
             try:
                 t = time.perf_counter()
-                if self.config.background_scoring != "off":
+                shares = self.config.background_scoring != "off"  # the evaluate stage shares units with the scorer
+                if shares:
                     prepare_early(ctx, units, self.scorer)
                 encode_stage(ctx, units, executor)
                 seconds["encode"] = time.perf_counter() - t
@@ -201,7 +202,7 @@ class Runner:
                 infer_stage(ctx, units, executor, background)
                 seconds["infer"] = time.perf_counter() - t - seconds["encode"]
                 self._log_stage(ctx, "infer", seconds, "decodes", "inferences")
-                share = None if self.config.background_scoring == "off" else (lambda u: self._submit_scoring(ctx, u))
+                share = (lambda u: self._submit_scoring(ctx, u)) if shares else None
                 rows = evaluate_stage(ctx, units, self.scorer, self.config.common_items, share)
                 seconds["evaluate"] = time.perf_counter() - t - seconds["encode"] - seconds["infer"]
                 self._log_stage(ctx, "evaluate", seconds, "evaluations")

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..cards import Card
 from ..media.hashing import stable_hash
+from ..metrics.coco_map import round_like_python
 
 if TYPE_CHECKING:
     pass
@@ -81,8 +82,6 @@ def detection_rows(det: np.ndarray) -> list[list[float]]:
     """(n, 6) ``[x1, y1, x2, y2, score, class]`` -> the stored rows of a detector's prediction: boxes rounded
     to 1e-4 px and scores to 1e-6 as Python's ``round`` does (bit for bit, vectorized: rounding 100
     detections one number at a time took a quarter of a millisecond an image), and an integer class."""
-    from ..metrics.coco_map import round_like_python
-
     det = np.asarray(det, dtype=np.float64).reshape(-1, 6)
     rows = np.column_stack([round_like_python(det[:, :4], 4), round_like_python(det[:, 4], 6)]).tolist()
     for row, cls in zip(rows, det[:, 5].astype(np.int64).tolist(), strict=True):
