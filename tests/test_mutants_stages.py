@@ -35,6 +35,7 @@ from vcmbench.codecs.jpeg import JpegCodec
 from vcmbench.errors import CodecError
 from vcmbench.executors.local import LocalExecutor
 from vcmbench.run import RunConfig, run
+from vcmbench.run.background import BackgroundScoring
 from vcmbench.run.context import Failure, RunContext, progress, show_status
 from vcmbench.run.cost import COST_COLUMNS
 from vcmbench.run.encode import EncodeRows, encode_jobs, encode_stage
@@ -247,6 +248,10 @@ class Recorder:
 
     def watch(self, unit: Any, missing: set[str]) -> None:
         self.watched.append((unit.key, set(missing)))
+
+    @property
+    def waiting(self) -> bool:
+        return any(missing for _, missing in self.watched)
 
     def start(self, to_infer: int) -> None:
         self.started.append(to_infer)
@@ -587,6 +592,34 @@ def test_units_to_score_in_the_background_are_watched(tmp_path: Path, make_conte
     assert bg.watched == [] and bg.started == [6]
 
 
+def test_without_background_scoring_an_items_predictions_follow_each_other(tmp_path: Path, make_context: Any) -> None:
+    """Nothing waits for a unit to finish, so the predictions go item by item (the decode workers then read an
+    item's source once: test_source_images.py); with a unit watched, unit by unit (above)."""
+    c = make_context(grid(tmp_path / "o", background_scoring="off"))
+    ref, jpeg = c.unit("uncompressed"), c.unit("jpeg")
+    pending = pending_predictions(c.ctx, c.units, Recorder())  # type: ignore[arg-type]
+    assert [(u.key, item.id) for u, item, _, _ in pending["synth_det"]] == [(u.key, i) for i in IDS for u in (ref, jpeg)]
+    keys = dict(zip(IDS, ref.prediction_keys(), strict=True))
+    c.store.put_predictions([{"key": keys["2"], "task": "synth_det", "task_id": ref.task_id, "codec": ref.codec,
+                              "quality": None, "item_id": "2", "item_sha": "s", "encode_key": None,
+                              "run_id": "run-1", "status": "done", "error": None, "infer_s": 0.1, "preds": "[]"}])  # fmt: skip
+    pending = pending_predictions(c.ctx, c.units, Recorder())  # type: ignore[arg-type]
+    assert [(u.key, item.id) for u, item, _, _ in pending["synth_det"]] == [
+        (ref.key, "1"), (jpeg.key, "1"), (jpeg.key, "2"), (ref.key, "3"), (jpeg.key, "3")]
+
+
+def test_background_scoring_waits_only_for_units_with_predictions_to_come() -> None:
+    submitted: list[str] = []
+    bg = BackgroundScoring(None, lambda u: submitted.append(u.key))  # type: ignore[arg-type]
+    bg.watch(SimpleNamespace(key="done"), set())  # type: ignore[arg-type]
+    assert not bg.waiting
+    bg.watch(SimpleNamespace(key="u"), {"a", "b"})  # type: ignore[arg-type]
+    assert bg.waiting
+    bg.start(3)
+    bg.stored(["a", "b"])
+    assert not bg.waiting and submitted == ["done", "u"]
+
+
 def test_unit_size_counts_images_or_frames() -> None:
     items = [SimpleNamespace(meta={"frames": 24}), SimpleNamespace(meta={}), SimpleNamespace(meta={"frames": 16})]
     unit = SimpleNamespace(dataset="d")
@@ -627,9 +660,10 @@ def test_a_model_failure_is_an_infer_failure_per_item(tmp_path: Path, make_conte
         encode_stage(c.ctx, c.units, ex)
         infer_stage(c.ctx, c.units, ex, Recorder())  # type: ignore[arg-type]
     labels = ["synth/crashy/uncompressed", "synth/crashy/jpeg@20"]
-    assert c.ctx.failures == [Failure("infer", label, i, MODEL_CRASH) for label in labels for i in IDS]
+    # item by item (no unit waits for background scoring): each item's reference, then its decode
+    assert c.ctx.failures == [Failure("infer", label, i, MODEL_CRASH) for i in IDS for label in labels]
     assert c.logs == ["crashy: 6 images to infer"] + [
-        f"{label} item {i} ({image_path(root, i)}): infer failed: {MODEL_CRASH}" for label in labels for i in IDS]
+        f"{label} item {i} ({image_path(root, i)}): infer failed: {MODEL_CRASH}" for i in IDS for label in labels]
     assert c.ctx.work == {"encodes": 3, "decodes": 0, "inferences": 0, "evaluations": 0}
     for codec in ("uncompressed", "jpeg"):
         preds = by_item(cfg.out, "predictions", codec)

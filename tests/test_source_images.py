@@ -14,7 +14,8 @@ import pytest
 from vcmbench.adapters import cached
 from vcmbench.cards import CardSet
 from vcmbench.datasets.base import Item
-from vcmbench.executors.base import EncodeJob, SourceImages, run_encode
+from vcmbench.executors.base import DecodeJob, EncodeJob, SourceImages, run_decode, run_encode
+from vcmbench.media.clip import psnr
 
 
 @pytest.fixture()
@@ -67,6 +68,33 @@ def test_encodes_of_a_ladder_read_the_source_once_with_the_same_bitstreams(count
     assert calls == [item.id]
     alone = [cached(codec).encode(type(ds).load_image(ds, item), q).data for q in (10, 40, 80)]
     assert shared == alone and len(set(shared)) == 3
+
+
+def test_an_items_reference_and_its_decodes_psnrs_read_the_source_once(counted: tuple[Any, Any, list[str]]) -> None:
+    """In the infer stage, an item's reference and the PSNRs of its decodes share one read of its source; the
+    reference's image is the model's own copy."""
+    card, ds, calls = counted
+    item = ds.items(limit=1)[0]
+    codec = CardSet().get("codec", "jpeg")
+    source = type(ds).load_image(ds, item)
+    streams = [cached(codec).encode(source, q) for q in (10, 40)]
+    from vcmbench.executors import base
+
+    fresh = SourceImages()
+    base.SOURCES, old = fresh, base.SOURCES
+    try:
+        ref = run_decode(DecodeJob("r", card, item))
+        decoded = [run_decode(DecodeJob(f"d{i}", card, item, codec, bs, f"e{i}", want_stats=True))
+                   for i, bs in enumerate(streams)]  # fmt: skip
+    finally:
+        base.SOURCES = old
+    assert calls == [item.id]
+    assert isinstance(ref.image, np.ndarray) and np.array_equal(ref.image, source)
+    ref.image[0, 0, 0] ^= 1  # writable, and a copy: the shared source is unchanged
+    assert np.array_equal(fresh.get(card, item), source) and calls == [item.id]
+    for bs, dec in zip(streams, decoded, strict=True):
+        assert dec.decode_s is not None and dec.decode_s > 0
+        assert dec.psnr == psnr(source, cached(codec).decode(bs)) and dec.psnr < 60
 
 
 def test_a_failed_read_is_raised_to_every_asker_and_not_kept(tmp_path: Path) -> None:

@@ -262,7 +262,7 @@ def run_decode(job: DecodeJob) -> Decoded:
     """Worker side of a decode: the original image, or the decoded bitstream (+ stats if asked)."""
     ds = cached(job.dataset)
     if job.codec is None:
-        return Decoded(ds.load_image(job.item))
+        return Decoded(writable(SOURCES.get(job.dataset, job.item)))  # the model may write to its input
     if job.missing is not None or job.bitstream is None:
         raise EncodeFailed(f"no bitstream to decode ({job.missing or 'encode failed: no bitstream'})")
     bs = job.bitstream
@@ -281,7 +281,12 @@ def run_decode(job: DecodeJob) -> Decoded:
         )
     if not job.want_stats:
         return Decoded(image)
-    return Decoded(image, seconds, psnr(ds.load_image(job.item), image))
+    return Decoded(image, seconds, psnr(SOURCES.get(job.dataset, job.item), image))
+
+
+def writable(image: Any) -> Any:
+    """``image`` itself, or a copy of it where it is a read-only array (one that :data:`SOURCES` shares)."""
+    return image.copy() if isinstance(image, np.ndarray) and not image.flags.writeable else image
 
 
 _Predicted = tuple[list[Any], list[BaseException | None], list[float | None]]

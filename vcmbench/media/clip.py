@@ -209,14 +209,28 @@ def kbps(nbytes: int, frames: int, fps: float) -> float:
     return 8.0 * nbytes / (frames / float(fps)) / 1000.0
 
 
+def mean_squared_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean of the squared differences of two arrays of one shape, as ``np.mean((a - b) ** 2)`` in float64.
+
+    8-bit arrays take a faster path with the same result, bit for bit: their differences are integers, so
+    every partial sum of squares is an integer below 2**53 (up to 10**11 samples), exact in float64 in any
+    order of summation; the mean is that exact sum divided by the count, as ``np.mean`` divides it."""
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    if a.size == 0:
+        raise ValueError("mean squared error of empty images")
+    if a.dtype == np.uint8 and b.dtype == np.uint8:
+        diff = np.subtract(a, b, dtype=np.int16).ravel().astype(np.float64)
+        return float(np.dot(diff, diff)) / diff.size
+    diff = a.astype(np.float64) - b.astype(np.float64)
+    return float(np.mean(diff * diff))
+
+
 def frame_psnrs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-frame RGB PSNR (peak 255) of two T x H x W x 3 arrays (inf where a frame is identical)."""
     if a.shape != b.shape:
         raise ValueError(f"clips differ in shape: {a.shape} vs {b.shape}")
-    mse = np.empty(len(a))
-    for i in range(len(a)):  # frame by frame: the float copies of one frame at a time
-        diff = a[i].astype(np.float64) - b[i].astype(np.float64)
-        mse[i] = np.mean(diff * diff)
+    mse = np.array([mean_squared_error(fa, fb) for fa, fb in zip(a, b, strict=True)])  # a frame's copies at a time
     with np.errstate(divide="ignore"):
         return np.where(mse == 0, np.inf, 10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-300)))
 
@@ -240,7 +254,7 @@ def psnr(a: np.ndarray | Clip, b: np.ndarray | Clip) -> float:
     """RGB PSNR (peak 255) of an image, or of a clip: the mean of its frames' PSNRs."""
     if isinstance(a, Clip) and isinstance(b, Clip):
         return psnr_clip(a, b)
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))  # type: ignore[union-attr]
+    mse = mean_squared_error(a, b)  # type: ignore[arg-type]
     return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 

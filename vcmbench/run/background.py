@@ -51,6 +51,11 @@ class BackgroundScoring:
         for key in missing:
             self._owners[key].append(unit)
 
+    @property
+    def waiting(self) -> bool:
+        """Whether any unit waits for predictions still to be stored (the order they come in matters)."""
+        return bool(self._waiting)
+
     def start(self, to_infer: int) -> None:
         """Inference of ``to_infer`` predictions begins: submit the units that are complete already (scoring
         them overlaps inference only if there is some)."""

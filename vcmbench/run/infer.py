@@ -25,23 +25,36 @@ def pending_predictions(ctx: RunContext, units: Sequence[WorkUnit], background: 
     """Predictions still to make, by task (each once, though several units may need it); units to be
     scored in the background are handed to ``background`` with the predictions they wait for."""
     pending: dict[str, list[Job]] = defaultdict(list)
-    queued: set[str] = set()
+    #: prediction key -> where its item stands: (dataset, index of the item in it)
+    position: dict[str, tuple[int, int]] = {}
+    datasets = {name: i for i, name in enumerate(ctx.res.datasets)}
     for u in units:
         _, items, shas = ctx.res.datasets[u.dataset]
         keys = u.prediction_keys()
         status = ctx.store.prediction_status(keys)
         missing = set()
-        for item, sha, key in zip(items, shas, keys, strict=True):
+        for i, (item, sha, key) in enumerate(zip(items, shas, keys, strict=True)):
             if status.get(key) != "done":
                 missing.add(key)
-                if key not in queued:
-                    queued.add(key)
+                if key not in position:
+                    position[key] = (datasets[u.dataset], i)
                     pending[u.scoring_task].append((u, item, sha, key))
         task = ctx.res.task(u.scoring_task)
         if wants_background(ctx.res.scoring, task.background_scoring, unit_size(ctx, u)) and ctx.needs_evaluation(u, scope=False):
             background.watch(u, missing)
-    background.start(len(queued))
+    background.start(len(position))
+    if not background.waiting:
+        for work in pending.values():
+            item_by_item(work, position)
     return pending  # by the task card whose model predicts: a paired scorer's model is loaded once
+
+
+def item_by_item(work: list[Job], position: dict[str, tuple[int, int]]) -> None:
+    """Reorder ``work`` in place so that an item's predictions (the reference's, each quality's) follow each
+    other, units in their order within an item: the decode workers then read its source image once for the
+    reference and every decode's PSNR (``SourceImages``), not once per unit. Only where no unit waits for
+    background scoring, which wants units finished one after another."""
+    work.sort(key=lambda job: position[job[3]])
 
 
 def infer_stage(ctx: RunContext, units: Sequence[WorkUnit], executor: Executor, background: BackgroundScoring) -> None:
