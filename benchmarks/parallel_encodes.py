@@ -1,12 +1,14 @@
 """Encode speed-up from running external encoders in parallel (one single-threaded process per core).
 
     VCMBENCH_SHARED=../shared python benchmarks/parallel_encodes.py [--codec vvenc] [--preset medium] [--n 24]
+                                                                   [--repeat 1]
 
 Encodes the same images at the same QP with the local executor at 1 worker and
 at all cores, and prints the throughput ratio. Images are submitted largest file
 first, as the runner does. The defaults are the card's preset (medium) and 24
 images. With the `faster` preset an encode takes about 0.5 s, so process start and
-the last encode's tail are a large share of a short run.
+the last encode's tail are a large share of a short run. An in-process codec (`--codec jpeg`)
+encodes in threads; `--repeat` encodes each image that many times, for a run long enough to time.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ def main() -> None:
     ap.add_argument("--preset", default="medium")
     ap.add_argument("--qp", type=int, default=32)
     ap.add_argument("--n", type=int, default=24, help="images")
+    ap.add_argument("--repeat", type=int, default=1, help="encode each image this many times")
     args = ap.parse_args()
     shared = Path(os.environ.get("VCMBENCH_SHARED", "../shared"))
     files = sorted((shared / "data" / "coco-mini" / "val2017").glob("*.jpg"))[: args.n]
     files.sort(key=lambda f: f.stat().st_size, reverse=True)  # the runner's order (executors.base.longest_first)
-    images = [read_rgb(f, f.stem) for f in files]
+    images = [read_rgb(f, f.stem) for f in files] * args.repeat
     card = CardSet().get("codec", args.codec)
     if "preset" in card.settings:
         card = card.with_settings(preset=args.preset)
@@ -50,7 +53,8 @@ def main() -> None:
     cores = default_workers()
     one = timed(1)
     many = timed(cores)
-    print(f"{args.codec} ({args.preset}) QP {args.qp}, {len(images)} images")
+    preset = f" ({args.preset})" if "preset" in card.settings else ""
+    print(f"{args.codec}{preset} {codec.quality_name} {args.qp}, {len(images)} images")
     print(f"1 worker  : {one:.2f} s ({len(images) / one:.2f} images/s)")
     print(f"{cores} workers : {many:.2f} s ({len(images) / many:.2f} images/s)")
     print(f"speed-up  : {one / many:.2f}x  (target >= 1.8x on 2 cores)")

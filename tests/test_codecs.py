@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from vcmbench.adapters import build
 from vcmbench.cards import CardSet
@@ -21,9 +23,10 @@ from vcmbench.codecs.ffmpeg import (
     slice_qps,
     slice_qps_from_trace,
 )
-from vcmbench.codecs.jpeg import JpegCodec
+from vcmbench.codecs.jpeg import SUBSAMPLING, JpegCodec
 from vcmbench.errors import CodecError, QualityError
 from vcmbench.media.clip import Clip
+from vcmbench.media.image import save_to_bytes
 
 
 def _image(h: int = 97, w: int = 131, seed: int = 1) -> np.ndarray:
@@ -62,6 +65,29 @@ def test_round_trip_rate_is_bytes_written_and_quality_orders_rate(name: str, qua
 def test_jpeg_bitstream_is_a_real_jpeg_file() -> None:
     bs = JpegCodec().encode(_image(), 50)
     assert bs.data[:2] == b"\xff\xd8" and bs.data[-2:] == b"\xff\xd9"
+
+
+@pytest.mark.parametrize("settings", [{}, {"subsampling": "4:4:4"}, {"optimize": True}, {"progressive": True},
+                                      {"subsampling": "4:2:2", "optimize": True, "progressive": True}])
+def test_jpeg_bytes_are_those_pillow_writes_into_a_bytesio(settings: dict[str, object]) -> None:
+    """The adapter encodes through a file descriptor (save_to_bytes: encode threads then run in parallel); the
+    bitstream is byte for byte Pillow's save into a BytesIO, also where it outgrows Pillow's write buffer."""
+    codec = JpegCodec(**settings)  # type: ignore[arg-type]
+    rng = np.random.default_rng(7)
+    for img in (_image(), _image(1, 1), rng.integers(0, 256, (1200, 1700, 3), dtype=np.uint8)):
+        for q in (1, 37, 100):
+            buf = io.BytesIO()
+            Image.fromarray(img, "RGB").save(buf, format="JPEG", quality=q, optimize=codec.optimize,
+                                             subsampling=SUBSAMPLING[codec.subsampling], progressive=codec.progressive)
+            assert codec.encode(img, q).data == buf.getvalue()
+    assert len(buf.getvalue()) > 1 << 20  # the noise image at q100: larger than Pillow's 64 KiB blocks
+
+
+def test_save_to_bytes_without_memfd_writes_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    img = Image.fromarray(_image(), "RGB")
+    with_fd = save_to_bytes(img, format="PNG")
+    monkeypatch.delattr(os, "memfd_create")
+    assert save_to_bytes(img, format="PNG") == with_fd and with_fd[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("cls", [VVenCCodec, X265Codec])

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, features
 
+from ..media.image import save_to_bytes
 from ..registry import register
 from .base import Bitstream, Codec
 
@@ -33,9 +34,8 @@ class JpegCodec(Codec):
 
     def encode(self, image: np.ndarray, quality: Any) -> Bitstream:
         q = self.validate_quality(quality)
-        buf = io.BytesIO()
-        Image.fromarray(image, "RGB").save(
-            buf,
+        data = save_to_bytes(  # through a file descriptor: encode threads run in parallel
+            Image.fromarray(image, "RGB"),
             format="JPEG",
             quality=q,
             subsampling=SUBSAMPLING[self.subsampling],
@@ -43,7 +43,7 @@ class JpegCodec(Codec):
             progressive=self.progressive,
         )
         h, w = image.shape[:2]
-        return Bitstream(buf.getvalue(), width=w, height=h)
+        return Bitstream(data, width=w, height=h)
 
     def decode(self, bitstream: Bitstream) -> np.ndarray:
         with Image.open(io.BytesIO(bitstream.data)) as im:

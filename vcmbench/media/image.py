@@ -1,15 +1,18 @@
-"""Image files to pixels."""
+"""Image files to pixels, and images to encoded bytes."""
 
 from __future__ import annotations
 
+import io
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from ..errors import ItemError
 
-__all__ = ["read_rgb"]
+__all__ = ["read_rgb", "save_to_bytes"]
 
 
 def read_rgb(path: Path, item_id: str) -> np.ndarray:
@@ -26,3 +29,21 @@ def read_rgb(path: Path, item_id: str) -> np.ndarray:
             f"truncated: replace it from the official archive or leave it out with --exclude {item_id}"
         ) from None
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def save_to_bytes(image: Image.Image, **params: Any) -> bytes:
+    """The bytes ``image.save(file, **params)`` writes, written to an anonymous in-memory file (Linux's
+    ``memfd_create``) rather than a ``BytesIO``.
+
+    Given a file descriptor, Pillow encodes without holding the interpreter's lock; given a ``BytesIO`` it
+    holds it for the whole encode, so two encode threads ran no faster than one (640x480 JPEG: 1.72 ms per
+    image on 1 thread and on 2; 0.81 ms on 2 through a descriptor; ``benchmarks/parallel_encodes.py``). The
+    bytes are the same. Where ``memfd_create`` is missing, a ``BytesIO``."""
+    if not hasattr(os, "memfd_create"):
+        buf = io.BytesIO()
+        image.save(buf, **params)
+        return buf.getvalue()
+    with os.fdopen(os.memfd_create("vcmbench-encode", os.MFD_CLOEXEC), "w+b") as f:
+        image.save(f, **params)
+        f.seek(0)
+        return f.read()
