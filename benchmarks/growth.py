@@ -10,7 +10,9 @@ is that size's). For every size it prints one row of a markdown table:
 - ``wall``: seconds of :func:`vcmbench.run.run` (the data are generated before, outside the timing);
 - ``work``: the sum of ``encode_s``, ``decode_s`` and ``infer_s`` the store recorded (codec + model time);
 - ``ratio``: wall / work; ``own ms/pred``: (wall - work) per prediction (image x point), the harness's own
-  time per item, which should be flat with size;
+  time per item, which should be flat with size; ``marginal``: the growth of (wall - work) from the size
+  above per prediction added, the harness's cost of one more item without the fixed costs (startup,
+  imports) that the smaller sizes spread over fewer items;
 - ``plan``: resolve the cards and items (hash the files) and expand the grid; ``writes``: the store's write
   methods (bitstream files, encode / prediction / evaluation rows, decode statistics, run rows);
   ``reads``: the store's read queries; ``score``: computing the metrics (COCO mAP); ``eval``: the whole
@@ -177,15 +179,24 @@ def child(args: argparse.Namespace, n: int) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def marginal_ms(smaller: dict[str, Any], larger: dict[str, Any]) -> float:
+    """Milliseconds of harness time (wall - work) per prediction that ``larger`` has beyond ``smaller``."""
+    grown = (larger["wall"] - larger["work"]) - (smaller["wall"] - smaller["work"])
+    return 1000 * grown / max(larger["preds"] - smaller["preds"], 1)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| images | preds | wall s | work s | ratio | own ms/pred | plan s | writes s | reads s | score s "
-            "| eval s | report s | peak MB | store MB | load |")  # fmt: skip
+    head = ("| images | preds | wall s | work s | ratio | own ms/pred | marginal | plan s | writes s | reads s "
+            "| score s | eval s | report s | peak MB | store MB | load |")  # fmt: skip
     lines = [head, "|" + "---:|" * (head.count("|") - 1)]
+    before = None
     for r in rows:
         own = 1000 * (r["wall"] - r["work"]) / max(r["preds"], 1)
+        marginal = "" if before is None else f"{marginal_ms(before, r):.2f}"
+        before = r
         lines.append(
             f"| {r['n']} | {r['preds']} | {r['wall']:.1f} | {r['work']:.1f} | {r['wall'] / max(r['work'], 1e-9):.3f} "
-            f"| {own:.2f} | {r['plan']:.2f} | {r['writes']:.2f} | {r['reads']:.2f} | {r['score']:.2f} "
+            f"| {own:.2f} | {marginal} | {r['plan']:.2f} | {r['writes']:.2f} | {r['reads']:.2f} | {r['score']:.2f} "
             f"| {r['eval']:.2f} | {r['report']:.2f} | {r['peak_mb']:.0f} | {r['store_mb']:.1f} | {r['load']:.2f} |"
         )
     return "\n".join(lines)

@@ -26,7 +26,7 @@ from vcmbench.codecs.ffmpeg import (
 from vcmbench.codecs.jpeg import SUBSAMPLING, JpegCodec
 from vcmbench.errors import CodecError, QualityError
 from vcmbench.media.clip import Clip
-from vcmbench.media.image import save_to_bytes
+from vcmbench.media.image import FD_MIN_PIXELS, save_to_bytes
 
 
 def _image(h: int = 97, w: int = 131, seed: int = 1) -> np.ndarray:
@@ -83,11 +83,19 @@ def test_jpeg_bytes_are_those_pillow_writes_into_a_bytesio(settings: dict[str, o
     assert len(buf.getvalue()) > 1 << 20  # the noise image at q100: larger than Pillow's 64 KiB blocks
 
 
-def test_save_to_bytes_without_memfd_writes_the_same_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    img = Image.fromarray(_image(), "RGB")
-    with_fd = save_to_bytes(img, format="PNG")
+def test_save_to_bytes_writes_the_same_bytes_by_either_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small images go through a BytesIO, larger ones through a file descriptor where there is memfd_create."""
+    opened: list[str] = []
+    real = os.memfd_create
+    monkeypatch.setattr(os, "memfd_create", lambda name, flags=0: opened.append(name) or real(name, flags))
+    big = Image.fromarray(np.random.default_rng(3).integers(0, 256, (256, 300, 3), dtype=np.uint8), "RGB")
+    small = big.crop((0, 0, 255, 256))  # one column short of FD_MIN_PIXELS
+    assert small.width * small.height < FD_MIN_PIXELS <= big.width * big.height
+    by_fd = [save_to_bytes(im, format="PNG") for im in (big, small)]
+    assert len(opened) == 1  # the big one
     monkeypatch.delattr(os, "memfd_create")
-    assert save_to_bytes(img, format="PNG") == with_fd and with_fd[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [save_to_bytes(im, format="PNG") for im in (big, small)] == by_fd
+    assert all(b[:8] == b"\x89PNG\r\n\x1a\n" for b in by_fd)
 
 
 @pytest.mark.parametrize("cls", [VVenCCodec, X265Codec])

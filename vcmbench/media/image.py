@@ -31,15 +31,22 @@ def read_rgb(path: Path, item_id: str) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
+#: images of at least this many pixels are encoded through a file descriptor (:func:`save_to_bytes`)
+FD_MIN_PIXELS = 1 << 16
+
+
 def save_to_bytes(image: Image.Image, **params: Any) -> bytes:
-    """The bytes ``image.save(file, **params)`` writes, written to an anonymous in-memory file (Linux's
-    ``memfd_create``) rather than a ``BytesIO``.
+    """The bytes ``image.save(file, **params)`` writes: for an image of :data:`FD_MIN_PIXELS` or more, into an
+    anonymous in-memory file (Linux's ``memfd_create``), else into a ``BytesIO``; the bytes are the same.
 
     Given a file descriptor, Pillow encodes without holding the interpreter's lock; given a ``BytesIO`` it
     holds it for the whole encode, so two encode threads ran no faster than one (640x480 JPEG: 1.72 ms per
-    image on 1 thread and on 2; 0.81 ms on 2 through a descriptor; ``benchmarks/parallel_encodes.py``). The
-    bytes are the same. Where ``memfd_create`` is missing, a ``BytesIO``."""
-    if not hasattr(os, "memfd_create"):
+    image on 1 thread and on 2; 0.81 ms on 2 through a descriptor). A thread that lets the lock go must then
+    wait to take it back, behind the other threads' Python: for a small image that wait outweighs the encode
+    (the encode stage of 5,000 160x120 images was no faster through a descriptor, and its encodes timed 0.5
+    ms instead of 0.4), for a 640x480 image it does not (the stage 11 % faster; ``benchmarks/README.md``,
+    fifth round). The threshold between the two measured sizes is a choice."""
+    if not hasattr(os, "memfd_create") or image.width * image.height < FD_MIN_PIXELS:
         buf = io.BytesIO()
         image.save(buf, **params)
         return buf.getvalue()
