@@ -172,11 +172,13 @@ class _Source:
 
 
 class SourceImages:
-    """The source images last read for encoding, shared by the encode workers of a process.
+    """The source images last read, shared by the workers of a process.
 
     A quality ladder encodes each item once per quality, and :func:`longest_first` hands out an item's jobs
     one after another, so each image is read and decoded once for all its qualities, not once per quality
-    (on 160x120 PNGs reading took longer than a JPEG encode: ``benchmarks/growth.py``). Workers asking for an
+    (on 160x120 PNGs reading took longer than a JPEG encode: ``benchmarks/growth.py``). In the infer stage
+    the reference's image and the source of each decode's PSNR come from here too; predictions go item by
+    item there where nothing waits for a unit (``run.infer.item_by_item``). Workers asking for an
     image being read wait for that read. Only images (arrays) are kept, read-only, at most ``size`` of them
     and ``max_bytes`` in all; a read that fails is not kept (every job of the item reports its error)."""
 
@@ -235,7 +237,7 @@ class SourceImages:
             del self._entries[oldest]
 
 
-#: the encode workers' source images in this process
+#: the workers' source images in this process (encodes; the reference and decode PSNRs of the infer stage)
 SOURCES = SourceImages()
 
 

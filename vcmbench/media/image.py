@@ -42,10 +42,11 @@ def save_to_bytes(image: Image.Image, **params: Any) -> bytes:
     Given a file descriptor, Pillow encodes without holding the interpreter's lock; given a ``BytesIO`` it
     holds it for the whole encode, so two encode threads ran no faster than one (640x480 JPEG: 1.72 ms per
     image on 1 thread and on 2; 0.81 ms on 2 through a descriptor). A thread that lets the lock go must then
-    wait to take it back, behind the other threads' Python: for a small image that wait outweighs the encode
-    (the encode stage of 5,000 160x120 images was no faster through a descriptor, and its encodes timed 0.5
-    ms instead of 0.4), for a 640x480 image it does not (the stage 11 % faster; ``benchmarks/README.md``,
-    fifth round). The threshold between the two measured sizes is a choice."""
+    wait to take it back, behind the other threads' Python, and for a small image that wait is counted as
+    codec time: the encode stage of 5,000 160x120 images gained 0-15 % through a descriptor while each timed
+    encode grew by 40 % (0.36 -> 0.51 ms); with 640x480 images the stage gained 4-13 % and the timed encodes
+    shrank (``benchmarks/encode_stage.py``, ``benchmarks/README.md`` fifth round). The threshold between the
+    two measured sizes is a choice."""
     if not hasattr(os, "memfd_create") or image.width * image.height < FD_MIN_PIXELS:
         buf = io.BytesIO()
         image.save(buf, **params)
