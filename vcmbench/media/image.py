@@ -43,7 +43,7 @@ def save_to_bytes(image: Image.Image, **params: Any) -> bytes:
     holds it for the whole encode, so two encode threads ran no faster than one (640x480 JPEG: 1.72 ms per
     image on 1 thread and on 2; 0.81 ms on 2 through a descriptor). A thread that lets the lock go must then
     wait to take it back, behind the other threads' Python, and for a small image that wait is counted as
-    codec time: the encode stage of 5,000 160x120 images gained 0-15 % through a descriptor while each timed
+    codec time: the encode stage of 5,000 160x120 images gained 1-16 % through a descriptor while each timed
     encode grew by 40 % (0.36 -> 0.51 ms); with 320x240 images (76,800 pixels) the stage gained 11-19 % and
     the timed encodes stayed the same, with 640x480 images 4-13 % and they shrank (``benchmarks/encode_stage.py``,
     ``benchmarks/README.md`` fifth round). The threshold lies between 160x120 and 320x240."""
