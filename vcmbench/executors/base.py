@@ -262,7 +262,6 @@ def encode_and_keep(job: EncodeJob, keep: Callable[[bytes], str]) -> EncodeResul
 
 def run_decode(job: DecodeJob) -> Decoded:
     """Worker side of a decode: the original image, or the decoded bitstream (+ stats if asked)."""
-    ds = cached(job.dataset)
     if job.codec is None:
         return Decoded(writable(SOURCES.get(job.dataset, job.item)))  # the model may write to its input
     if job.missing is not None or job.bitstream is None:
@@ -276,7 +275,7 @@ def run_decode(job: DecodeJob) -> Decoded:
             raise CodecError(f"{job.codec.name}: decoded clip is {image.num_frames} frames of {image.width}x"
                              f"{image.height}, expected {bs.frames} of {bs.width}x{bs.height}")  # fmt: skip
         if image.segment is None:  # gone through (PSNR, prediction) a segment of the dataset's at a time
-            image.segment = getattr(ds, "segment", None)
+            image.segment = getattr(cached(job.dataset), "segment", None)
     elif image.shape[:2] != (bs.height, bs.width):
         raise CodecError(
             f"{job.codec.name}: decoded image is {image.shape[1]}x{image.shape[0]}, expected {bs.width}x{bs.height}"
