@@ -167,6 +167,12 @@ class Codec(ABC):
         A learned codec overrides this; the run records it beside each rate point (``docs/codec-cost.md``)."""
         return None
 
+    def prepare(self, quality: Any) -> None:
+        """Load what coding at ``quality`` needs, before a worker times an encode or a decode at it, so that
+        ``encode_s`` and ``decode_s`` measure the coding alone, not a load that happens once per process (a
+        learned codec's model of that rate point). An error here fails the job as the coding itself would.
+        Hand-designed codecs have nothing to load."""
+
     @abstractmethod
     def encode(self, image: Any, quality: Any) -> Bitstream:
         """Encode an HxWx3 uint8 RGB image (or, for a codec whose ``media`` has "video", a Clip)."""

@@ -517,6 +517,10 @@ class LearnedCodec(Codec):
             return f"random-seed-{seed}"
         return file_sha256(self.checkpoint_path(key))
 
+    def prepare(self, quality: Any) -> None:
+        """Load the model of the rate point ``quality`` (once per process; :meth:`model`)."""
+        self.model(self.validate_quality(quality))
+
     def model(self, key: int | float) -> Any:
         """The model of a rate point, loaded once (thread-safe), checked against the card."""
         model = self._models.get(key)

@@ -76,6 +76,8 @@ class DecodeJob:
     want_stats: bool = False
     #: when set, the bitstream has none: this is why (its encode failed); the job fails without decoding
     missing: str | None = None
+    #: the unit's quality: what the codec loads before the decode is timed (:meth:`Codec.prepare`)
+    quality: Any = None
 
 
 @dataclass
@@ -242,10 +244,12 @@ SOURCES = SourceImages()
 
 
 def run_encode(job: EncodeJob) -> EncodeResult:
-    """Worker side of an encode: read the item (once for all its qualities: :class:`SourceImages`), encode it,
-    return the bytes written."""
+    """Worker side of an encode: read the item (once for all its qualities: :class:`SourceImages`), have the
+    codec load what it needs (:meth:`~vcmbench.codecs.base.Codec.prepare`), encode it timed, return the bytes
+    written."""
     codec = cached(job.codec)
     image = SOURCES.get(job.dataset, job.item)
+    codec.prepare(job.quality)  # a model's load is not part of the timed encode
     t0 = time.perf_counter()
     bs = codec.encode(image, job.quality)
     seconds = time.perf_counter() - t0
@@ -261,14 +265,18 @@ def encode_and_keep(job: EncodeJob, keep: Callable[[bytes], str]) -> EncodeResul
 
 
 def run_decode(job: DecodeJob) -> Decoded:
-    """Worker side of a decode: the original image, or the decoded bitstream (+ stats if asked)."""
+    """Worker side of a decode: the original image, or the decoded bitstream (+ stats if asked; the codec
+    prepares the job's quality before the decode is timed)."""
     if job.codec is None:
         return Decoded(writable(SOURCES.get(job.dataset, job.item)))  # the model may write to its input
     if job.missing is not None or job.bitstream is None:
         raise EncodeFailed(f"no bitstream to decode ({job.missing or 'encode failed: no bitstream'})")
     bs = job.bitstream
+    codec = cached(job.codec)
+    if job.quality is not None:
+        codec.prepare(job.quality)  # a model's load is not part of the timed decode
     t = time.perf_counter()
-    image = cached(job.codec).decode(bs)
+    image = codec.decode(bs)
     seconds = time.perf_counter() - t
     if isinstance(image, Clip):
         if (image.num_frames, image.height, image.width) != (bs.frames, bs.height, bs.width):

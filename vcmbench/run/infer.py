@@ -84,7 +84,8 @@ def decode_jobs(ctx: RunContext, work: list[Job]) -> Iterator[DecodeJob]:
                             missing=f"its bitstream file is gone ({exc}); the next run encodes it again")  # fmt: skip
             continue
         bs = Bitstream(data, rec.width or 0, rec.height or 0, rec.frames or 1, rec.meta)
-        yield DecodeJob(key, ds_card, item, res.cards[u.codec], bs, ekey, want_stats=rec.decode_s is None)
+        yield DecodeJob(key, ds_card, item, res.cards[u.codec], bs, ekey, want_stats=rec.decode_s is None,
+                        quality=u.quality)  # fmt: skip
 
 
 def infer_task(ctx: RunContext, task_name: str, work: list[Job], executor: Executor,
