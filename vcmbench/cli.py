@@ -27,6 +27,12 @@ EPILOG = """examples:
 """
 
 
+def _command(sub: Any, name: str, summary: str, **kw: Any) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` opens with the one-line summary that ``vcmbench --help`` lists for it."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary, **kw)
+    return parser
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -177,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"vcmbench {__import__('vcmbench').__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    r = sub.add_parser("run", help="run a codec x quality x task x dataset grid (resumable)",
+    r = _command(sub, "run", "run a codec x quality x task x dataset grid (resumable)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     r.add_argument("--codec", type=_csv, default=None, help="codec card names, comma separated [jpeg,vvenc]")
     r.add_argument("--task", type=_csv, default=None, help="task card names, comma separated [synth_det]")
@@ -209,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "about 6x faster) or pycocotools (the reference) [$VCMBENCH_COCO_EVAL, else faster_coco_eval]")
     _ray_args(r)
 
-    es = sub.add_parser("estimate", help="count the work a grid still needs (cache hits left out) and estimate its "
+    es = _command(sub, "estimate", "count the work a grid still needs (cache hits left out) and estimate its "
                         "wall time here or on a cluster; runs nothing (see docs/estimate.md)")  # fmt: skip
     es.add_argument("--codec", type=_csv, default=None, help="codec card names, as for run [jpeg,vvenc]")
     es.add_argument("--task", type=_csv, default=None, help="task card names [synth_det]")
@@ -232,11 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how many times faster a GPU infers than the CPU times measured (an assumption) [10]")
     es.add_argument("--workers", type=int, default=None, help="encode/decode slots in all [every core]")
 
-    ls = sub.add_parser("ls", help="list codec, task and dataset cards with their settings (imports no models)")
+    ls = _command(sub, "ls", "list codec, task and dataset cards with their settings (imports no models)")
     ls.add_argument("kind", nargs="?", choices=["codecs", "tasks", "datasets"], help="only this kind")
     ls.add_argument("--cards", action="append", default=[], metavar="DIR")
 
-    v = sub.add_parser("validate", help="load every card and check its adapter imports and its settings fit")
+    v = _command(sub, "validate", "load every card and check its adapter imports and its settings fit")
     v.add_argument("--cards", action="append", default=[], metavar="DIR")
 
     def source_args(sp: argparse.ArgumentParser) -> None:
@@ -244,14 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="results.csv, a run folder, or an output folder (its latest run)")  # fmt: skip
         sp.add_argument("--run", default=None, help="run id inside an output folder [latest]")
 
-    pl = sub.add_parser("plot", help="draw accuracy-vs-bpp RD curves (PNG and SVG), BD-rates in the legend")
+    pl = _command(sub, "plot", "draw accuracy-vs-bpp RD curves (PNG and SVG), BD-rates in the legend")
     source_args(pl)
     pl.add_argument("--metric", type=_csv, default=None, help="only these metrics")
     pl.add_argument("--logx", action="store_true", help="logarithmic bpp axis")
     pl.add_argument("--out-dir", default=None, help="where to write [<run folder>/plots]")
     _bd_args(pl, items=True)
 
-    rp = sub.add_parser("report", help="print and write the RD points and a BD-rate table against an anchor")
+    rp = _command(sub, "report", "print and write the RD points and a BD-rate table against an anchor")
     source_args(rp)
     rp.add_argument("more", nargs="*", metavar="RUN",
                     help="with --html: more runs (run folder, results.csv, output folder or run id) overlaid")
@@ -267,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--thumb-size", type=int, default=320, metavar="PX", help="longest side of a picture [320]")
     h.add_argument("--min-score", type=float, default=0.25, help="lowest score of a drawn box [0.25]")  # fmt: skip
 
-    c = sub.add_parser("compare", help="fail (exit 1) when NEW regresses against BASELINE")
+    c = _command(sub, "compare", "fail (exit 1) when NEW regresses against BASELINE")
     c.add_argument("baseline", help="baseline results.csv / run folder / output folder")
     c.add_argument("new", help="new results.csv / run folder / output folder")
     c.add_argument("--fail", action="append", default=[], metavar="RULE",
@@ -275,13 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "a lower-is-better metric), bpp:+2 (max %% increase)")  # fmt: skip
     _bd_args(c, items=False)
 
-    e = sub.add_parser("export", help="export a run's tables (RD points and per-image rows) to CSV or Parquet")
+    e = _command(sub, "export", "export a run's tables (RD points and per-image rows) to CSV or Parquet")
     source_args(e)
     e.add_argument("--format", choices=["csv", "parquet", "ctc"], default="csv",
                    help="ctc: the per-sequence tables of the MPEG CTC template, one per metric (docs/ctc.md) [csv]")
     e.add_argument("--dest", default=None, help="output folder [the run folder]")
 
-    ts = sub.add_parser("train-synth", help="train the synth detector / instance-segmentation models (offline, seeded)")
+    ts = _command(sub, "train-synth", "train the synth detector / instance-segmentation models (offline, seeded)")
     ts.add_argument("--model", type=_csv, default=["det", "seg"], help="which models: det, seg [det,seg]")
     ts.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (e.g. 1 for a smoke test)")
     ts.add_argument("--out", default=None, help="where the .pt files go [<repo>/weights/synth]")
@@ -293,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_masks_parser(sub)  # vcmbench/train/commands.py
     add_train_parser(sub)
 
-    dec = sub.add_parser("decode", help="write the decoded images of chosen items of a finished run as PNG, each "
+    dec = _command(sub, "decode", "write the decoded images of chosen items of a finished run as PNG, each "
                          "codec at each rate point, optionally with the task's predictions drawn",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     dec.add_argument("source", nargs="?", default="results", help="output folder (its latest run) or a run folder")
@@ -303,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--min-score", type=float, default=0.25, help="boxes drawn from this score up")
     dec.add_argument("--out", default=None, help="folder for the PNGs [RUN/decoded]")
 
-    rep = sub.add_parser("reproduce", help="reproduce a paper from its experiment files (experiments/SUITE): plan, "
+    rep = _command(sub, "reproduce", "reproduce a paper from its experiment files (experiments/SUITE): plan, "
                          "checklist of what is missing here, and the runs of what is present",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     rep.add_argument("suite", help="experiment suite, e.g. sa-icm (a folder of experiments/)")
@@ -321,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="download nothing: weights absent here count as missing (and may be stood in for)")
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    ins = sub.add_parser("inspect", help="print, as JSON, what a learned-codec checkpoint (or each rate point of a "
+    ins = _command(sub, "inspect", "print, as JSON, what a learned-codec checkpoint (or each rate point of a "
                          "codec card) was trained on: objective, lambda, steps, sha256 of every training image")  # fmt: skip
     ins.add_argument("target", help="a checkpoint file, a codec card file, or a codec card name (e.g. objicm)")
     ins.add_argument("--cards", action="append", default=[], metavar="DIR")
