@@ -167,7 +167,7 @@ class Codec(ABC):
         A learned codec overrides this; the run records it beside each rate point (``docs/codec-cost.md``)."""
         return None
 
-    def prepare(self, quality: Any) -> None:
+    def prepare(self, quality: Any) -> None:  # noqa: B027 - optional hook: most codecs have nothing to load
         """Load what coding at ``quality`` needs, before a worker times an encode or a decode at it, so that
         ``encode_s`` and ``decode_s`` measure the coding alone, not a load that happens once per process (a
         learned codec's model of that rate point). An error here fails the job as the coding itself would.
