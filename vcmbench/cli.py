@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = _command(sub, "run", "run a codec x quality x task x dataset grid (resumable)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     r.add_argument("--codec", type=_csv, default=None, help="codec card names, comma separated [jpeg,vvenc]")
     r.add_argument("--task", type=_csv, default=None, help="task card names, comma separated [synth_det]")
     r.add_argument("--dataset", type=_csv, default=None, help="dataset card names, comma separated [synth]")
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _ray_args(r)
 
     es = _command(sub, "estimate", "count the work a grid still needs (cache hits left out) and estimate its "
-                        "wall time here or on a cluster; runs nothing (see docs/estimate.md)")  # fmt: skip
+                  "wall time here or on a cluster; runs nothing (see docs/estimate.md)")  # fmt: skip
     es.add_argument("--codec", type=_csv, default=None, help="codec card names, as for run [jpeg,vvenc]")
     es.add_argument("--task", type=_csv, default=None, help="task card names [synth_det]")
     es.add_argument("--dataset", type=_csv, default=None, help="dataset card names [synth]")
@@ -300,8 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
 
     dec = _command(sub, "decode", "write the decoded images of chosen items of a finished run as PNG, each "
-                         "codec at each rate point, optionally with the task's predictions drawn",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                   "codec at each rate point, optionally with the task's predictions drawn",
+                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     dec.add_argument("source", nargs="?", default="results", help="output folder (its latest run) or a run folder")
     dec.add_argument("--run", default=None, help="run id in the output folder [latest]")
     dec.add_argument("--ids", type=_csv, required=True, metavar="ID,...", help="item ids (image ids, clip names)")
@@ -310,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     dec.add_argument("--out", default=None, help="folder for the PNGs [RUN/decoded]")
 
     rep = _command(sub, "reproduce", "reproduce a paper from its experiment files (experiments/SUITE): plan, "
-                         "checklist of what is missing here, and the runs of what is present",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
+                   "checklist of what is missing here, and the runs of what is present",
+                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
     rep.add_argument("suite", help="experiment suite, e.g. sa-icm (a folder of experiments/)")
     rep.add_argument("--only", type=_csv, default=None, metavar="ITEM,...",
                      help="only these items (file names, or their prefix: fig6)")
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ins = _command(sub, "inspect", "print, as JSON, what a learned-codec checkpoint (or each rate point of a "
-                         "codec card) was trained on: objective, lambda, steps, sha256 of every training image")  # fmt: skip
+                   "codec card) was trained on: objective, lambda, steps, sha256 of every training image")  # fmt: skip
     ins.add_argument("target", help="a checkpoint file, a codec card file, or a codec card name (e.g. objicm)")
     ins.add_argument("--cards", action="append", default=[], metavar="DIR")
     ins.add_argument("--overlap", action="append", default=[], metavar="DIR",
