@@ -18,6 +18,7 @@
 #   benchmarks/gpu_payload.sh command    the command line for the device call (carry [".gpu"], timeout_s 540)
 #   benchmarks/gpu_payload.sh restore    undo slim: the files are tracked again and nothing is left excluded
 #
+# Run it with the project's environment active: slim reads the learned codecs' cards (PYTHON, default python).
 # A session that stops between slim and restore leaves staged deletions: `benchmarks/gpu_payload.sh restore`
 # (or `git reset -q` and removing the marked lines of .git/info/exclude) undoes them.
 set -euo pipefail
