@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,3 +127,30 @@ def test_calibration_measures_the_grid_in_a_temporary_store(tmp_path: Path, caps
     assert "pending: 3 encodes, 3 decodes, 6 inferences, 2 evaluations" in printed
     assert "expected wall time: unknown" not in printed and "expected wall time: " in printed
     assert set(Path(tempfile.gettempdir()).glob("vcmbench-calibrate-*")) == before
+
+
+def test_estimate_takes_runs_item_selection(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--ids and --exclude choose the items as for run: the work counted is that of the chosen items, and the
+    calibration runs the grid on them."""
+    grid = ["estimate", "--codec", "jpeg", "--task", "synth_det", "--dataset", "synth", "--quality", "jpeg=10",
+            "--out", str(tmp_path / "empty"), "--cpus", "2"]  # fmt: skip
+    assert main([*grid, "--ids", "2,5,7"]) == 0
+    assert "pending: 3 encodes, 3 decodes, 6 inferences, 2 evaluations" in capsys.readouterr().out
+    assert main([*grid, "--ids", "2,5,7", "--exclude", "5"]) == 0
+    assert "pending: 2 encodes, 2 decodes, 4 inferences, 2 evaluations" in capsys.readouterr().out
+    seen: list[list[str]] = []
+
+    def calibrate(run_args: list[str], items: int, log: Any) -> tuple[Path, float]:
+        seen.append(list(run_args))
+        raise SystemExit(0)  # the arguments are what is checked here; the real calibration has its own test
+
+    import vcmbench.run.estimate as est
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(est, "calibrate", calibrate)
+    try:
+        with pytest.raises(SystemExit):
+            main([*grid, "--ids", "2,5,7", "--exclude", "5", "--calibrate", "1"])
+    finally:
+        mp.undo()
+    assert seen and "--ids=2,5,7" in seen[0] and "--exclude=5" in seen[0]

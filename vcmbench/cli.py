@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--quality", action="append", default=[], metavar="[CODEC=]Q1,Q2", help="as for run")
     es.add_argument("--data-root", action="append", default=[], metavar="[DATASET=]DIR", help="as for run")
     es.add_argument("--limit", type=int, default=None, help="use the first N items (sorted by id)")
+    es.add_argument("--ids", type=_csv, default=None, help="use only these item ids, as for run")
+    es.add_argument("--exclude", type=_csv, default=[], help="leave out these item ids, as for run")
+    es.add_argument("--classes", type=_csv, default=None, metavar="C,D", help="sequence classes, as for run")
     es.add_argument("--set", dest="overrides", action="append", default=[], metavar="CARD.KEY=VALUE")
     es.add_argument("--cards", action="append", default=[], metavar="DIR", help="extra card folder (repeatable)")
     es.add_argument("--out", default="results", help="the output folder the run would use (its cache counts)")
@@ -710,8 +713,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from .run import estimate as est
 
     cfg = RunConfig(qualities=_parse_qualities(args.quality), data_roots=_parse_roots(args.data_root), limit=args.limit,
-                    overrides=parse_overrides(args.overrides), cards_dirs=args.cards, out=args.out,
-                    workers=args.workers, progress=False)  # fmt: skip
+                    ids=args.ids, exclude=args.exclude, classes=args.classes, overrides=parse_overrides(args.overrides),
+                    cards_dirs=args.cards, out=args.out, workers=args.workers, progress=False)  # fmt: skip
     if not (args.codec or args.task or args.dataset):  # the built-in default run, as `vcmbench run` plans it
         for card, settings in DEFAULT_RUN_OVERRIDES.items():
             for key, value in settings.items():
@@ -720,7 +723,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     sources = [Path(d) for d in (args.costs or [args.out])]
     overheads, calibration = est.Overheads(), None
     if args.calibrate:
-        grid = [*(f"--{k}={','.join(v)}" for k, v in (("codec", args.codec), ("task", args.task), ("dataset", args.dataset))
+        grid = [*(f"--{k}={','.join(v)}" for k, v in (("codec", args.codec), ("task", args.task), ("dataset", args.dataset),
+                                                     ("ids", args.ids), ("exclude", args.exclude), ("classes", args.classes))
                   if v), *(f"--{k}={v}" for k, vs in (("quality", args.quality), ("data-root", args.data_root),
                                                       ("set", args.overrides), ("cards", args.cards)) for v in vs)]  # fmt: skip
         calibration, startup = est.calibrate(grid, args.calibrate, print)
