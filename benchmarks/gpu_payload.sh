@@ -16,7 +16,8 @@
 #       .git/info/exclude: they stay on disk and leave the travelling tree.
 #   benchmarks/gpu_payload.sh size       what a call carrying .gpu would send, against 64 MiB
 #   benchmarks/gpu_payload.sh command    the command line for the device call (carry [".gpu"], timeout_s 540)
-#   benchmarks/gpu_payload.sh restore    undo slim: the files are tracked again and nothing is left excluded
+#   benchmarks/gpu_payload.sh restore    undo slim (the files are tracked again, nothing is left excluded), and
+#       delete .gpu: the copy of the shared data lives in the checkout only for the call
 #
 # Run it with the project's environment active: slim reads the learned codecs' cards (PYTHON, default python).
 # A session that stops between slim and restore leaves staged deletions: `benchmarks/gpu_payload.sh restore`
@@ -98,6 +99,7 @@ restore() {
     else
         echo "gpu_payload: nothing to restore"
     fi
+    rm -rf .gpu
 }
 
 size() {  # bytes a call carrying .gpu sends: tracked + untracked-not-ignored files, and .gpu

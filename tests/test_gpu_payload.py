@@ -64,8 +64,11 @@ def test_slim_leaves_out_only_unread_checkpoints_and_restore_undoes_it(clone: Pa
     assert mib(after.stdout) == pytest.approx(full - gone, abs=0.15)
     assert sh("bash", script, "slim", cwd=clone).returncode == 2  # twice is refused
 
+    (clone / ".gpu" / "whl").mkdir(parents=True)  # what prepare leaves: carried by the call, then deleted
+    (clone / ".gpu" / "whl" / "x.whl").write_bytes(b"x" * 1000)
+    assert mib(sh("bash", script, "size", cwd=clone).stdout) == mib(after.stdout)  # .gpu counted apart
     restore = sh("bash", script, "restore", cwd=clone)
     assert restore.returncode == 0 and f"restored {len(removed)}" in restore.stdout
-    assert sh("git", "status", "--porcelain", cwd=clone).stdout == ""
+    assert sh("git", "status", "--porcelain", cwd=clone).stdout == "" and not (clone / ".gpu").exists()
     assert "gpu_payload" not in (clone / ".git" / "info" / "exclude").read_text()
     assert mib(sh("bash", script, "size", cwd=clone).stdout) == full
