@@ -61,12 +61,16 @@ prepare() {
 unneeded() {  # tracked files no check of gpu_check.py reads
     "$PY" - <<'EOF'
 import subprocess
+import sys
 from pathlib import Path
 
 from vcmbench.cards import CardSet
 
+sys.path.insert(0, "benchmarks")
+from gpu_check import LEARNED  # noqa: E402  (the learned codecs the check codes with)
+
 keep = set()
-for name in ("lic", "objicm", "tlicm", "saicm"):  # gpu_check.py's LEARNED, each at its lowest rate point
+for name in LEARNED:  # each at its lowest rate point, as gpu_check.py's learned check codes
     card = CardSet().get("codec", name)
     point = card.settings["rate_points"][min(card.qualities)]
     keep.add(str(Path(point["checkpoint"])))

@@ -33,6 +33,25 @@ def _command(sub: Any, name: str, summary: str, **kw: Any) -> argparse.ArgumentP
     return parser
 
 
+def _grid_args(sp: argparse.ArgumentParser) -> None:
+    """The options naming a grid and its items, the same for ``run`` and ``estimate``."""
+    sp.add_argument("--codec", type=_csv, default=None, help="codec card names, comma separated [jpeg,vvenc]")
+    sp.add_argument("--task", type=_csv, default=None, help="task card names, comma separated [synth_det]")
+    sp.add_argument("--dataset", type=_csv, default=None, help="dataset card names, comma separated [synth]")
+    sp.add_argument("--quality", action="append", default=[], metavar="[CODEC=]Q1,Q2",
+                    help="override the quality ladder of every codec or of one (repeatable)")
+    sp.add_argument("--data-root", action="append", default=[], metavar="[DATASET=]DIR",
+                    help="dataset root folder (repeatable, DATASET= to pick one)")
+    sp.add_argument("--limit", type=int, default=None, help="use the first N items (sorted by id)")
+    sp.add_argument("--ids", type=_csv, default=None, help="use only these item ids (comma separated)")
+    sp.add_argument("--exclude", type=_csv, default=[], help="leave out these item ids")
+    sp.add_argument("--classes", type=_csv, default=None, metavar="C,D",
+                    help="sequence classes of a video dataset (sfu_hw: A, B, C, D, E) [all present]")
+    sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="CARD.KEY=VALUE",
+                    help="override a card setting, e.g. --set yolov5.weights=/w/yolov5n.pt (repeatable)")
+    sp.add_argument("--cards", action="append", default=[], metavar="DIR", help="extra card folder (repeatable)")
+
+
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
@@ -185,22 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = _command(sub, "run", "run a codec x quality x task x dataset grid (resumable)",
                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-    r.add_argument("--codec", type=_csv, default=None, help="codec card names, comma separated [jpeg,vvenc]")
-    r.add_argument("--task", type=_csv, default=None, help="task card names, comma separated [synth_det]")
-    r.add_argument("--dataset", type=_csv, default=None, help="dataset card names, comma separated [synth]")
-    r.add_argument("--quality", action="append", default=[], metavar="[CODEC=]Q1,Q2",
-                   help="override the quality ladder of every codec or of one (repeatable)")
-    r.add_argument("--data-root", action="append", default=[], metavar="[DATASET=]DIR",
-                   help="dataset root folder (repeatable, DATASET= to pick one)")
-    r.add_argument("--limit", type=int, default=None, help="use the first N items (sorted by id)")
-    r.add_argument("--ids", type=_csv, default=None, help="use only these item ids (comma separated)")
-    r.add_argument("--exclude", type=_csv, default=[], help="leave out these item ids")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="CARD.KEY=VALUE",
-                   help="override a card setting, e.g. --set yolov5.weights=/w/yolov5n.pt (repeatable)")
-    r.add_argument("--cards", action="append", default=[], metavar="DIR", help="extra card folder (repeatable)")
+    _grid_args(r)
     r.add_argument("--out", default="results", help="output folder: database, bitstream cache, run tables")
-    r.add_argument("--classes", type=_csv, default=None, metavar="C,D",
-                   help="sequence classes of a video dataset (sfu_hw: A, B, C, D, E) [all present]")
     r.add_argument("--workers", type=int, default=None, help="parallel encodes/decodes [all cores]")
     r.add_argument("--batch-size", type=int, default=None, help="images per inference batch [task card]")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -217,17 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     es = _command(sub, "estimate", "count the work a grid still needs (cache hits left out) and estimate its "
                   "wall time here or on a cluster; runs nothing (see docs/estimate.md)")  # fmt: skip
-    es.add_argument("--codec", type=_csv, default=None, help="codec card names, as for run [jpeg,vvenc]")
-    es.add_argument("--task", type=_csv, default=None, help="task card names [synth_det]")
-    es.add_argument("--dataset", type=_csv, default=None, help="dataset card names [synth]")
-    es.add_argument("--quality", action="append", default=[], metavar="[CODEC=]Q1,Q2", help="as for run")
-    es.add_argument("--data-root", action="append", default=[], metavar="[DATASET=]DIR", help="as for run")
-    es.add_argument("--limit", type=int, default=None, help="use the first N items (sorted by id)")
-    es.add_argument("--ids", type=_csv, default=None, help="use only these item ids, as for run")
-    es.add_argument("--exclude", type=_csv, default=[], help="leave out these item ids, as for run")
-    es.add_argument("--classes", type=_csv, default=None, metavar="C,D", help="sequence classes, as for run")
-    es.add_argument("--set", dest="overrides", action="append", default=[], metavar="CARD.KEY=VALUE")
-    es.add_argument("--cards", action="append", default=[], metavar="DIR", help="extra card folder (repeatable)")
+    _grid_args(es)
     es.add_argument("--out", default="results", help="the output folder the run would use (its cache counts)")
     es.add_argument("--costs", action="append", default=[], metavar="DIR",
                     help="output folder(s) whose measured job times to use (repeatable) [--out]")

@@ -50,8 +50,8 @@ def _floats(text: str) -> list[float]:
 
 
 def add_masks_parser(sub: Any) -> None:
-    m = sub.add_parser("masks", help="make training masks: SAM edges (SA-ICM), COCO objects (Object-ICM), classical",
-                       description="make training masks: SAM edges (SA-ICM), COCO objects (Object-ICM), classical",
+    summary = "make training masks: SAM edges (SA-ICM), COCO objects (Object-ICM), classical"
+    m = sub.add_parser("masks", help=summary, description=summary,
                        epilog=MASKS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     src = m.add_argument_group("images")
     src.add_argument("--dataset", default=None, help="dataset card (e.g. coco); or use --images")
@@ -205,8 +205,8 @@ def _dataset_items(args: argparse.Namespace, dataset: Any) -> list[Any]:
 
 
 def add_train_parser(sub: Any) -> None:
-    t = sub.add_parser("train", help="train a learned codec: lic, objicm (object masks), saicm (SAM edges), tlicm",
-                       description="train a learned codec: lic, objicm (object masks), saicm (SAM edges), tlicm",
+    summary = "train a learned codec: lic, objicm (object masks), saicm (SAM edges), tlicm"
+    t = sub.add_parser("train", help=summary, description=summary,
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     t.add_argument("--codec", required=True, choices=["lic", "objicm", "saicm", "tlicm"], help="training objective")
     t.add_argument("--train-dir", required=True, help="folder of training images (searched recursively)")
